@@ -1,0 +1,33 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from app.api.openapi import documented
+from app.api.requests import services
+from app.api.schemas import Health
+from app.store.db import TRANSIENT_ERRORS, database_proxy
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+@documented("The process is up", responses={200: Health})
+def healthz():
+    """Answer 200 while the process runs."""
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+@documented("Broker and database are reachable", responses={200: Health, 503: Health})
+def readyz():
+    """Answer 200 when the broker connection is up and the database answers, else 503."""
+    checks = {"broker": "ok" if services().publisher.is_connected() else "unreachable"}
+    try:
+        database_proxy.execute_sql("SELECT 1")
+        checks["database"] = "ok"
+    except TRANSIENT_ERRORS:
+        checks["database"] = "unreachable"
+    ready = all(value == "ok" for value in checks.values())
+    return {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503

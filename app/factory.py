@@ -1,0 +1,65 @@
+"""Build the Flask app: settings, database, services, blueprints, error handlers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from flask import Flask
+
+from app import wire
+from app.publisher import Publisher
+from app.services.accounts import AccountService
+from app.services.mail import MailService
+from app.services.tokens import TokenSigner
+from app.store.db import open_database
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the views use; one instance per app, shared by its threads."""
+
+    settings: Settings
+    publisher: Publisher
+    accounts: AccountService
+    mail: MailService
+
+
+def build_services(settings: Settings, publisher: Publisher | None = None) -> Services:
+    """Wire the services for ``settings`` (no connection is opened here)."""
+    publisher = publisher or Publisher(settings.amqp_url, settings.publish_timeout_seconds)
+    signer = TokenSigner(settings.secret_keys, settings.token_ttl_seconds, settings.token_clock_skew_seconds)
+    hasher = PasswordHasher(time_cost=settings.password_time_cost, memory_cost=settings.password_memory_cost_kib)
+    limits = wire.Limits(settings.max_body_bytes, settings.max_subject_chars, settings.max_recipients)
+    return Services(
+        settings=settings,
+        publisher=publisher,
+        accounts=AccountService(signer, hasher),
+        mail=MailService(publisher, limits, settings.idempotency_ttl_seconds),
+    )
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Create the API app; the broker connection opens on first use in each process."""
+    settings = (settings or Settings.from_env()).with_secret_keys()
+    app = Flask("postroom")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        JSON_SORT_KEYS=False,
+        POSTROOM=settings,
+    )
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    open_database(settings.database_url)
+    app.extensions["postroom"] = build_services(settings)
+
+    from app.api import health, mailbox, messages, openapi, problems, tokens, users
+
+    problems.init_app(app)
+    for module in (users, tokens, messages, mailbox, health, openapi):
+        app.register_blueprint(module.bp)
+    return app

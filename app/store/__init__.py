@@ -1,0 +1,1 @@
+"""The archive: Peewee models and queries over SQLite or PostgreSQL."""

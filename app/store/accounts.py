@@ -1,0 +1,74 @@
+"""Users and issued tokens in the archive."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable
+
+import peewee
+
+from app.store.models import Token, User, utcnow
+
+
+class UsernameTaken(Exception):
+    """The username already belongs to someone."""
+
+
+def create_user(username: str, display_name: str, password_hash: str) -> User:
+    """Insert a user; raise UsernameTaken if the name exists."""
+    try:
+        with User._meta.database.atomic():
+            return User.create(username=username, display_name=display_name, password_hash=password_hash)
+    except peewee.IntegrityError:
+        raise UsernameTaken(username) from None
+
+
+def find_user(username: str) -> User | None:
+    """Return the user called ``username``, or None."""
+    return User.get_or_none(User.username == username)
+
+
+def existing_usernames(names: Iterable[str]) -> set[str]:
+    """Return which of ``names`` are users."""
+    wanted = list(set(names))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update(u.username for u in User.select(User.username).where(User.username.in_(chunk)))
+    return found
+
+
+def record_token(token_id: str, username: str, issued_at: datetime, expires_at: datetime) -> None:
+    """Remember an issued token so that it can be revoked."""
+    with Token._meta.database.atomic():
+        Token.create(id=token_id, username=username, issued_at=issued_at, expires_at=expires_at)
+
+
+def token_is_live(token_id: str, username: str) -> bool:
+    """Return whether the token was issued to ``username`` and is neither revoked nor expired."""
+    return (
+        Token.select(Token.id)
+        .where(
+            (Token.id == token_id)
+            & (Token.username == username)
+            & Token.revoked_at.is_null()
+            & (Token.expires_at > utcnow())
+        )
+        .exists()
+    )
+
+
+def revoke_token(token_id: str) -> None:
+    """Revoke one token."""
+    with Token._meta.database.atomic():
+        Token.update(revoked_at=utcnow()).where((Token.id == token_id) & Token.revoked_at.is_null()).execute()
+
+
+def revoke_all_tokens(username: str) -> int:
+    """Revoke every live token of ``username``; return how many."""
+    with Token._meta.database.atomic():
+        return (
+            Token.update(revoked_at=utcnow())
+            .where((Token.username == username) & Token.revoked_at.is_null())
+            .execute()
+        )

@@ -1,0 +1,192 @@
+"""The wire schema: what a Postroom message looks like on the bus (version 1).
+
+Every message on ``postroom.mail`` is a UTF-8 JSON object with these fields, published
+persistent with ``content_type=application/json``, ``type=postroom.mail.v1`` and
+``message_id`` equal to ``id``. The API builds it with :func:`encode_mail`; the archive
+worker reads it with :func:`decode_mail`, which applies the same rules as the API because
+AMQP applications may publish here directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from app import rules
+
+SCHEMA_VERSION = 1
+MAIL_TYPE = "postroom.mail.v1"
+CONTENT_TYPE = "application/json"
+
+
+class WireError(rules.RuleError):
+    """A message on the bus that can never be archived (it goes to the dead-letter queue)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits shared by the API and the worker."""
+
+    max_body_bytes: int = 256 * 1024
+    max_subject_chars: int = 998
+    max_recipients: int = 100
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One mail as it travels from the API to the archive."""
+
+    id: str
+    sender: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    subject: str = ""
+    body: str = ""
+    in_reply_to: str | None = None
+    sent_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def recipients(self) -> list[str]:
+        """Return every recipient once, in to, cc, bcc order."""
+        return list(dict.fromkeys((*self.to, *self.cc, *self.bcc)))
+
+    def content_hash(self) -> str:
+        """Return a digest of what the sender wrote (not the id or time), to spot id reuse."""
+        return content_hash(self.sender, self.to, self.cc, self.bcc, self.subject, self.body, self.in_reply_to)
+
+
+def content_hash(sender: str, to: Any, cc: Any, bcc: Any, subject: str, body: str, in_reply_to: str | None) -> str:
+    """Return the sha256 of a mail's content in a canonical JSON form."""
+    canonical = json.dumps(
+        [sender, list(to), list(cc), list(bcc), subject, body, in_reply_to],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def normalize_recipients(to: list[str], cc: list[str], bcc: list[str]) -> tuple[tuple[str, ...], ...]:
+    """Drop repeats: a user named twice is kept in the first of to, cc, bcc that names them."""
+    seen: set[str] = set()
+    lists = []
+    for names in (to, cc, bcc):
+        kept = []
+        for name in names:
+            if name not in seen:
+                seen.add(name)
+                kept.append(name)
+        lists.append(tuple(kept))
+    return tuple(lists)
+
+
+def format_time(moment: datetime) -> str:
+    """Return ``moment`` as an RFC 3339 UTC string with microseconds."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp into an aware UTC datetime."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("timestamp without a time zone")
+    return moment.astimezone(timezone.utc)
+
+
+def encode_mail(mail: Mail) -> bytes:
+    """Serialize ``mail`` to the version-1 JSON body."""
+    document = {
+        "v": SCHEMA_VERSION,
+        "kind": "mail",
+        "id": mail.id,
+        "from": mail.sender,
+        "to": list(mail.to),
+        "cc": list(mail.cc),
+        "bcc": list(mail.bcc),
+        "subject": mail.subject,
+        "body": mail.body,
+        "in_reply_to": mail.in_reply_to,
+        "sent_at": format_time(mail.sent_at),
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _string_list(document: dict, name: str, limits: Limits) -> tuple[str, ...]:
+    value = document.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise WireError("invalid_schema", f"'{name}' must be a list of usernames")
+    return tuple(value)
+
+
+def _string(document: dict, name: str, *, optional: bool = False) -> str | None:
+    value = document.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise WireError("invalid_schema", f"'{name}' must be a string")
+    return value
+
+
+def decode_mail(body: bytes, limits: Limits = Limits()) -> Mail:
+    """Parse and validate a version-1 mail body; raise WireError saying why it is unusable."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError("invalid_encoding", f"body is not UTF-8: {exc}") from None
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise WireError("invalid_json", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise WireError("invalid_json", f"body is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise WireError("invalid_schema", "body must be a JSON object")
+    if document.get("v") != SCHEMA_VERSION or document.get("kind") != "mail":
+        raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind=mail")
+    _check_characters(document)
+    try:
+        message_id = rules.canonical_message_id(_string(document, "id"))
+    except rules.RuleError as exc:
+        raise WireError(exc.code, exc.detail) from None
+    sender = _string(document, "from")
+    if not rules.is_username(sender):
+        raise WireError("invalid_schema", "'from' must be a username")
+    to, cc, bcc = (_string_list(document, name, limits) for name in ("to", "cc", "bcc"))
+    to, cc, bcc = normalize_recipients(list(to), list(cc), list(bcc))
+    subject = _string(document, "subject", optional=True) or ""
+    body_text = _string(document, "body", optional=True) or ""
+    in_reply_to = _string(document, "in_reply_to", optional=True)
+    sent_at_text = _string(document, "sent_at")
+    try:
+        sent_at = parse_time(sent_at_text)
+        if in_reply_to is not None:
+            in_reply_to = rules.canonical_message_id(in_reply_to)
+    except rules.RuleError as exc:
+        raise WireError(exc.code, f"in_reply_to: {exc.detail}") from None
+    except ValueError as exc:
+        raise WireError("invalid_schema", f"'sent_at' is not an RFC 3339 time: {exc}") from None
+    mail = Mail(message_id, sender, to, cc, bcc, subject, body_text, in_reply_to, sent_at)
+    check_limits(mail, limits, error=WireError)
+    return mail
+
+
+def _check_characters(document: Any) -> None:
+    try:
+        rules.check_characters(document)
+    except rules.RuleError as exc:
+        raise WireError(exc.code, exc.detail) from None
+
+
+def check_limits(mail: Mail, limits: Limits, error: type[rules.RuleError] = rules.RuleError) -> None:
+    """Raise ``error`` when ``mail`` has no recipient or breaks a size limit."""
+    recipients = mail.recipients()
+    if not recipients:
+        raise error("no_recipients", "at least one of to, cc and bcc must name a recipient")
+    if len(recipients) > limits.max_recipients:
+        raise error("too_many_recipients", f"at most {limits.max_recipients} recipients")
+    if len(mail.subject) > limits.max_subject_chars:
+        raise error("subject_too_long", f"subject is at most {limits.max_subject_chars} characters")
+    if rules.utf8_length(mail.body) > limits.max_body_bytes:
+        raise error("payload_too_large", f"body is at most {limits.max_body_bytes} bytes of UTF-8")

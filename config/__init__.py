@@ -1,0 +1,1 @@
+"""Settings, broker topology and logging shared by the API and the workers."""

@@ -1,0 +1,27 @@
+"""gunicorn settings for ``make run`` and the Procfile (override with GUNICORN_CMD_ARGS)."""
+
+import multiprocessing
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+# gthread: each process runs several request threads that share one broker connection
+# (the publisher's), so many publishes are in flight per process at once.
+worker_class = "gthread"
+workers = int(os.environ.get("POSTROOM_WEB_PROCESSES", multiprocessing.cpu_count() + 1))
+threads = int(os.environ.get("POSTROOM_WEB_THREADS", 16))
+# A publish waits at most the publish timeout (5 s); never let gunicorn kill a request first.
+timeout = 30
+graceful_timeout = 20
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("POSTROOM_LOG_LEVEL", "info").lower()
+# The publisher connects lazily in each worker after fork, so preload is safe (case C6).
+preload_app = os.environ.get("POSTROOM_PRELOAD", "0") == "1"
+
+
+def post_fork(server, worker):
+    """Configure logging in each worker process."""
+    from config.logs import configure_logging
+
+    configure_logging(os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))

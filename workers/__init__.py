@@ -1,0 +1,1 @@
+"""Background workers that consume Postroom's queues (``python -m workers <name>``)."""
