@@ -75,9 +75,16 @@ class Publisher:
             future.cancel()
             raise PublishFailed("no confirm from the broker in time") from None
 
-    def is_connected(self) -> bool:
-        """Return whether this process's connection is up right now."""
+    def start(self) -> None:
+        """Start connecting now (in this process) instead of on the first publish."""
+        self._started()
+
+    def is_connected(self, wait: float = 0.0) -> bool:
+        """Return whether this process's connection is up, waiting up to ``wait`` seconds for it."""
         _, state = self._started()
+        deadline = time.monotonic() + wait
+        while not state.connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
         return state.connected()
 
     def close(self) -> None:

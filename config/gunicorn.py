@@ -25,3 +25,10 @@ def post_fork(server, worker):
     from config.logs import configure_logging
 
     configure_logging(os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))
+
+
+def post_worker_init(worker):
+    """Open this process's broker connection now rather than on its first request."""
+    extensions = getattr(worker.wsgi, "extensions", {})
+    if "postroom" in extensions:
+        extensions["postroom"].publisher.start()
