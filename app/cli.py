@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from app.store import schema
+from app.store import maintenance, schema
 from app.store.db import open_database, redact
 from config.logs import configure_logging
 from config.settings import Settings
@@ -31,6 +31,15 @@ def upgrade() -> None:
     database = open_database(settings.database_url)
     applied = schema.upgrade(database)
     click.echo(f"database {redact(settings.database_url)}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
+
+
+@db.command()
+def prune() -> None:
+    """Delete idempotency keys, id claims and tokens past their lifetime."""
+    settings = Settings.from_env()
+    open_database(settings.database_url)
+    counts = maintenance.prune(settings.idempotency_ttl_seconds)
+    click.echo(", ".join(f"{name}: {count}" for name, count in counts.items()))
 
 
 @db.command()

@@ -47,7 +47,6 @@ class Outgoing:
     message_id: str
     type: str
     headers: dict[str, Any] = field(default_factory=dict)
-    user_id: str | None = None
 
 
 class Publisher:
@@ -201,7 +200,6 @@ class _LoopState:
                 message_id=message.message_id,
                 type=message.type,
                 headers=message.headers,
-                user_id=message.user_id,
                 timestamp=time.time(),
             )
             await exchange.publish(

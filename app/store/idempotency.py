@@ -35,9 +35,3 @@ def claim_message_id(message_id: str, sender: str, content_hash: str) -> tuple[s
     claim = MessageClaim.get(MessageClaim.id == message_id)
     return claim.sender, claim.content_hash
 
-
-def purge_expired_keys(ttl_seconds: int) -> int:
-    """Delete idempotency keys older than the TTL; return how many."""
-    cutoff = utcnow() - timedelta(seconds=ttl_seconds)
-    with IdempotencyKey._meta.database.atomic():
-        return IdempotencyKey.delete().where(IdempotencyKey.created_at < cutoff).execute()
