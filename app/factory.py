@@ -11,7 +11,9 @@ from flask import Flask
 from app import wire
 from app.publisher import Publisher
 from app.services.accounts import AccountService
+from app.services.groups import GroupService
 from app.services.mail import MailService
+from app.services.subscriptions import SubscriptionService
 from app.services.tokens import TokenSigner
 from app.store.db import open_database
 from config.settings import Settings
@@ -27,6 +29,8 @@ class Services:
     publisher: Publisher
     accounts: AccountService
     mail: MailService
+    groups: GroupService
+    subscriptions: SubscriptionService
 
 
 def build_services(settings: Settings, publisher: Publisher | None = None) -> Services:
@@ -35,18 +39,25 @@ def build_services(settings: Settings, publisher: Publisher | None = None) -> Se
     signer = TokenSigner(settings.secret_keys, settings.token_ttl_seconds, settings.token_clock_skew_seconds)
     hasher = PasswordHasher(time_cost=settings.password_time_cost, memory_cost=settings.password_memory_cost_kib)
     limits = wire.Limits(settings.max_body_bytes, settings.max_subject_chars, settings.max_recipients)
+    groups = GroupService(publisher, limits, settings.idempotency_ttl_seconds)
+    subscriptions = SubscriptionService(publisher, groups, settings.lease_seconds)
+    # Losing access to a group (removed, or the group deleted) unbinds it from subscriptions.
+    groups.on_member_removed = subscriptions.forget_group_for
+    groups.on_group_deleted = subscriptions.forget_group
     return Services(
         settings=settings,
         publisher=publisher,
         accounts=AccountService(signer, hasher),
         mail=MailService(publisher, limits, settings.idempotency_ttl_seconds),
+        groups=groups,
+        subscriptions=subscriptions,
     )
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Create the API app; the broker connection opens on first use in each process."""
     settings = (settings or Settings.from_env()).with_secret_keys()
-    app = Flask("postroom")
+    app = Flask("postroom", static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,
@@ -57,9 +68,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     open_database(settings.database_url)
     app.extensions["postroom"] = build_services(settings)
 
-    from app.api import health, mailbox, messages, openapi, problems, tokens, users
+    from app.api import groups, health, mailbox, messages, openapi, problems, subscriptions, tokens, users
 
     problems.init_app(app)
-    for module in (users, tokens, messages, mailbox, health, openapi):
+    for module in (users, tokens, messages, mailbox, groups, subscriptions, health, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import aio_pika
 import aio_pika.abc
@@ -27,6 +27,8 @@ import aiormq.exceptions
 from config import topology
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class PublishFailed(Exception):
@@ -73,6 +75,20 @@ class Publisher:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise PublishFailed("no confirm from the broker in time") from None
+
+    def call(self, operation: Callable[[Any], Awaitable[T]], timeout: float) -> T:
+        """Run ``operation(channel)`` on this process's loop with a channel of its own.
+
+        The channel is closed afterwards, so anything the operation took from a queue and
+        did not ack goes back to the queue, also when the operation fails.
+        """
+        loop, state = self._started()
+        future = asyncio.run_coroutine_threadsafe(state.call(operation, timeout), loop)
+        try:
+            return future.result(timeout=timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise PublishFailed("the broker did not answer in time") from None
 
     def start(self) -> None:
         """Start connecting now (in this process) instead of on the first publish."""
@@ -147,6 +163,7 @@ class _LoopState:
             try:
                 channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
                 self.exchanges = (await topology.declare_topology(channel)).exchanges
+                self.exchanges[""] = channel.default_exchange
                 break
             except Exception:  # keep trying: the API answers 503 until this succeeds
                 logger.exception("publisher %s could not declare the topology; retrying", self.connection_name)
@@ -211,6 +228,27 @@ class _LoopState:
         finally:
             del self.in_flight[message.message_id]
             done.set_result(None)
+
+    async def call(self, operation: Callable[[Any], Awaitable[T]], timeout: float) -> T:
+        """Run ``operation`` with a fresh channel, within ``timeout``; close the channel after."""
+        if not self.connected() and self.down_since is not None and time.monotonic() - self.down_since > timeout:
+            raise PublishFailed("the broker is unreachable")
+
+        async def run() -> T:
+            await self.ready.wait()
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                return await operation(channel)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+
+        try:
+            return await asyncio.wait_for(run(), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise PublishFailed("the broker did not answer in time") from None
+        except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            raise PublishFailed(f"broker operation failed: {exc!r}") from None
 
     async def close(self) -> None:
         """Close the connection."""

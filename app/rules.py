@@ -9,6 +9,10 @@ from typing import Any, Iterator
 from ulid import ULID
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
+# Group names and topics become routing-key words: no dots, no wildcards (case C14).
+GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,63}$")
+TOPIC_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SUBSCRIBER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 _SURROGATE_OR_NUL_RE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -24,6 +28,21 @@ class RuleError(ValueError):
 def is_username(value: object) -> bool:
     """Return whether ``value`` is a well-formed username."""
     return isinstance(value, str) and USERNAME_RE.fullmatch(value) is not None
+
+
+def is_group_name(value: object) -> bool:
+    """Return whether ``value`` is a well-formed group name."""
+    return isinstance(value, str) and GROUP_RE.fullmatch(value) is not None
+
+
+def is_topic(value: object) -> bool:
+    """Return whether ``value`` is a well-formed topic."""
+    return isinstance(value, str) and TOPIC_RE.fullmatch(value) is not None
+
+
+def is_subscriber_id(value: object) -> bool:
+    """Return whether ``value`` is a well-formed subscriber id."""
+    return isinstance(value, str) and SUBSCRIBER_ID_RE.fullmatch(value) is not None
 
 
 def new_message_id() -> str:

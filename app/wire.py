@@ -1,10 +1,15 @@
 """The wire schema: what a Postroom message looks like on the bus (version 1).
 
-Every message on ``postroom.mail`` is a UTF-8 JSON object with these fields, published
-persistent with ``content_type=application/json``, ``type=postroom.mail.v1`` and
-``message_id`` equal to ``id``. The API builds it with :func:`encode_mail`; the archive
-worker reads it with :func:`decode_mail`, which applies the same rules as the API because
-AMQP applications may publish here directly.
+Every message is a UTF-8 JSON object published persistent with
+``content_type=application/json`` and ``message_id`` equal to its ``id``:
+
+- mail (``type=postroom.mail.v1``, on ``postroom.mail``): :func:`encode_mail` /
+  :func:`decode_mail`;
+- group posts (``type=postroom.post.v1``): as sent, on ``postroom.groups``, without ``seq``;
+  numbered by the archive and delivered to subscribers on ``postroom.posts`` with ``seq``:
+  :func:`encode_post` / :func:`decode_post`.
+
+Decoders apply the same rules as the API because AMQP applications may publish directly.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from app import rules
 
 SCHEMA_VERSION = 1
 MAIL_TYPE = "postroom.mail.v1"
+POST_TYPE = "postroom.post.v1"
 CONTENT_TYPE = "application/json"
 
 
@@ -131,21 +137,9 @@ def _string(document: dict, name: str, *, optional: bool = False) -> str | None:
 
 def decode_mail(body: bytes, limits: Limits = Limits()) -> Mail:
     """Parse and validate a version-1 mail body; raise WireError saying why it is unusable."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WireError("invalid_encoding", f"body is not UTF-8: {exc}") from None
-    try:
-        document = json.loads(text)
-    except RecursionError:
-        raise WireError("invalid_json", "JSON nested too deeply") from None
-    except ValueError as exc:
-        raise WireError("invalid_json", f"body is not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise WireError("invalid_schema", "body must be a JSON object")
+    document = _load_object(body)
     if document.get("v") != SCHEMA_VERSION or document.get("kind") != "mail":
         raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind=mail")
-    _check_characters(document)
     try:
         message_id = rules.canonical_message_id(_string(document, "id"))
     except rules.RuleError as exc:
@@ -189,4 +183,108 @@ def check_limits(mail: Mail, limits: Limits, error: type[rules.RuleError] = rule
     if len(mail.subject) > limits.max_subject_chars:
         raise error("subject_too_long", f"subject is at most {limits.max_subject_chars} characters")
     if rules.utf8_length(mail.body) > limits.max_body_bytes:
+        raise error("payload_too_large", f"body is at most {limits.max_body_bytes} bytes of UTF-8")
+
+
+@dataclass(frozen=True)
+class Post:
+    """One group post; ``seq`` is set once the archive numbered it."""
+
+    id: str
+    group: str
+    sender: str
+    body: str = ""
+    subject: str = ""
+    topic: str | None = None
+    in_reply_to: str | None = None
+    sent_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    seq: int | None = None
+
+    def content_hash(self) -> str:
+        """Return a digest of what the sender wrote, to spot id reuse."""
+        canonical = json.dumps(
+            ["post", self.group, self.sender, self.topic, self.subject, self.body, self.in_reply_to],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the contract's post object."""
+        return {
+            "seq": self.seq,
+            "id": self.id,
+            "group": self.group,
+            "topic": self.topic,
+            "from": self.sender,
+            "subject": self.subject,
+            "body": self.body,
+            "sent_at": format_time(self.sent_at),
+            "in_reply_to": self.in_reply_to,
+        }
+
+
+def encode_post(post: Post) -> bytes:
+    """Serialize ``post`` to the version-1 JSON body (with ``seq`` once numbered)."""
+    document = {"v": SCHEMA_VERSION, "kind": "post", **post.to_json()}
+    if post.seq is None:
+        del document["seq"]
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _load_object(body: bytes) -> dict:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError("invalid_encoding", f"body is not UTF-8: {exc}") from None
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise WireError("invalid_json", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise WireError("invalid_json", f"body is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise WireError("invalid_schema", "body must be a JSON object")
+    _check_characters(document)
+    return document
+
+
+def decode_post(body: bytes, limits: Limits = Limits()) -> Post:
+    """Parse and validate a version-1 post body; raise WireError saying why it is unusable."""
+    document = _load_object(body)
+    if document.get("v") != SCHEMA_VERSION or document.get("kind") != "post":
+        raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind=post")
+    try:
+        post_id = rules.canonical_message_id(_string(document, "id"))
+        in_reply_to = _string(document, "in_reply_to", optional=True)
+        if in_reply_to is not None:
+            in_reply_to = rules.canonical_message_id(in_reply_to)
+    except rules.RuleError as exc:
+        raise WireError(exc.code, exc.detail) from None
+    group, sender = _string(document, "group"), _string(document, "from")
+    topic = _string(document, "topic", optional=True)
+    if not rules.is_group_name(group):
+        raise WireError("invalid_schema", "'group' must be a group name")
+    if not rules.is_username(sender):
+        raise WireError("invalid_schema", "'from' must be a username")
+    if topic is not None and not rules.is_topic(topic):
+        raise WireError("invalid_schema", "'topic' must be a topic name")
+    seq = document.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 1):
+        raise WireError("invalid_schema", "'seq' must be a positive integer")
+    try:
+        sent_at = parse_time(_string(document, "sent_at"))
+    except ValueError as exc:
+        raise WireError("invalid_schema", f"'sent_at' is not an RFC 3339 time: {exc}") from None
+    post = Post(post_id, group, sender, _string(document, "body", optional=True) or "",
+                _string(document, "subject", optional=True) or "", topic, in_reply_to, sent_at, seq)
+    check_post_limits(post, limits, error=WireError)
+    return post
+
+
+def check_post_limits(post: Post, limits: Limits, error: type[rules.RuleError] = rules.RuleError) -> None:
+    """Raise ``error`` when ``post`` breaks a size limit."""
+    if len(post.subject) > limits.max_subject_chars:
+        raise error("subject_too_long", f"subject is at most {limits.max_subject_chars} characters")
+    if rules.utf8_length(post.body) > limits.max_body_bytes:
         raise error("payload_too_large", f"body is at most {limits.max_body_bytes} bytes of UTF-8")

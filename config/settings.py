@@ -37,6 +37,7 @@ class Settings:
     max_subject_chars: int = 998
     max_recipients: int = 100
     idempotency_ttl_seconds: int = 24 * 3600
+    lease_seconds: float = 30.0
     # argon2id cost; tests lower it, production keeps the library's defaults.
     password_time_cost: int = 3
     password_memory_cost_kib: int = 65536
@@ -66,6 +67,7 @@ class Settings:
             max_subject_chars=_int(env, "POSTROOM_MAX_SUBJECT_CHARS", cls.max_subject_chars),
             max_recipients=_int(env, "POSTROOM_MAX_RECIPIENTS", cls.max_recipients),
             idempotency_ttl_seconds=_int(env, "POSTROOM_IDEMPOTENCY_TTL", cls.idempotency_ttl_seconds),
+            lease_seconds=_float(env, "POSTROOM_LEASE_SECONDS", cls.lease_seconds),
             password_time_cost=_int(env, "POSTROOM_PASSWORD_TIME_COST", cls.password_time_cost),
             password_memory_cost_kib=_int(env, "POSTROOM_PASSWORD_MEMORY_KIB", cls.password_memory_cost_kib),
             worker_prefetch=_int(env, "POSTROOM_WORKER_PREFETCH", cls.worker_prefetch),

@@ -19,10 +19,29 @@ MAIL_ROUTING_KEY = "mail.v1"
 #: Quorum queue the archive workers consume.
 MAIL_ARCHIVE_QUEUE = "postroom.mail.archive"
 
+#: Direct exchange that receives every group post before it is numbered.
+GROUPS_EXCHANGE = "postroom.groups"
+POST_ROUTING_KEY = "post.v1"
+#: Quorum queue the post archive workers consume.
+POSTS_ARCHIVE_QUEUE = "postroom.groups.archive"
+
+#: Topic exchange of numbered (archived) posts; routing key ``<group>.<topic>``, with
+#: :data:`NO_TOPIC` for a post without a topic. Subscriber queues bind here.
+POSTS_EXCHANGE = "postroom.posts"
+NO_TOPIC = "_"
+
 #: Direct exchange for messages no worker can process; queues are keyed by kind.
 DEAD_LETTER_EXCHANGE = "postroom.dead"
 MAIL_DEAD_ROUTING_KEY = "mail"
 MAIL_DEAD_QUEUE = "postroom.mail.dead"
+POSTS_DEAD_ROUTING_KEY = "posts"
+POSTS_DEAD_QUEUE = "postroom.groups.dead"
+
+#: Attempts (deliveries) a subscriber gets for one post before it goes to the
+#: subscription's dead letters.
+SUBSCRIPTION_MAX_DELIVERIES = 5
+#: Header counting deliveries of a post to a subscriber id (HTTP leases and AMQP alike).
+HEADER_DELIVERY_COUNT = "x-postroom-delivery-count"
 
 #: Redeliveries after which the broker itself dead-letters a message that keeps
 #: killing its consumer (the worker dead-letters known-bad input at once).
@@ -53,30 +72,94 @@ class QueueSpec:
 
 EXCHANGES: tuple[ExchangeSpec, ...] = (
     ExchangeSpec(MAIL_EXCHANGE, "direct"),
+    ExchangeSpec(GROUPS_EXCHANGE, "direct"),
+    ExchangeSpec(POSTS_EXCHANGE, "topic"),
     ExchangeSpec(DEAD_LETTER_EXCHANGE, "direct"),
 )
 
-QUEUES: tuple[QueueSpec, ...] = (
-    QueueSpec(
-        MAIL_ARCHIVE_QUEUE,
+
+def _archive_queue(name: str, exchange: str, routing_key: str, dead_routing_key: str) -> "QueueSpec":
+    return QueueSpec(
+        name,
         arguments={
             # Quorum: replicated when clustered, and it counts deliveries.
             "x-queue-type": "quorum",
             "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-            "x-dead-letter-routing-key": MAIL_DEAD_ROUTING_KEY,
+            "x-dead-letter-routing-key": dead_routing_key,
             # at-least-once dead lettering never drops a message on the way to the DLQ.
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         },
-        bindings=((MAIL_EXCHANGE, MAIL_ROUTING_KEY),),
-    ),
+        bindings=((exchange, routing_key),),
+    )
+
+QUEUES: tuple[QueueSpec, ...] = (
+    _archive_queue(MAIL_ARCHIVE_QUEUE, MAIL_EXCHANGE, MAIL_ROUTING_KEY, MAIL_DEAD_ROUTING_KEY),
     QueueSpec(
         MAIL_DEAD_QUEUE,
         arguments={"x-queue-type": "quorum"},
         bindings=((DEAD_LETTER_EXCHANGE, MAIL_DEAD_ROUTING_KEY),),
     ),
+    _archive_queue(POSTS_ARCHIVE_QUEUE, GROUPS_EXCHANGE, POST_ROUTING_KEY, POSTS_DEAD_ROUTING_KEY),
+    QueueSpec(
+        POSTS_DEAD_QUEUE,
+        arguments={"x-queue-type": "quorum"},
+        bindings=((DEAD_LETTER_EXCHANGE, POSTS_DEAD_ROUTING_KEY),),
+    ),
 )
+
+
+# -- subscriber ids ---------------------------------------------------------------------
+
+
+def subscription_queue(sid: str) -> str:
+    """Return the queue of subscriber id ``sid`` (ids are validated names: no wildcards)."""
+    return f"postroom.sub.{sid}"
+
+
+def subscription_dead_queue(sid: str) -> str:
+    """Return the dead-letter queue of subscriber id ``sid``."""
+    return f"postroom.sub.{sid}.dead"
+
+
+def subscription_dead_routing_key(sid: str) -> str:
+    """Return the routing key of ``sid``'s dead letters on :data:`DEAD_LETTER_EXCHANGE`."""
+    return f"sub.{sid}"
+
+
+def post_routing_key(group: str, topic: str | None) -> str:
+    """Return the routing key of a numbered post (names are validated before they get here)."""
+    return f"{group}.{topic or NO_TOPIC}"
+
+
+def binding_keys(group: str, topics: list[str] | None) -> list[str]:
+    """Return the binding keys for a group and its topic patterns (``*``: every post)."""
+    if not topics or "*" in topics:
+        return [f"{group}.*"]
+    return [f"{group}.{topic}" for topic in sorted(set(topics))]
+
+
+def subscription_queue_specs(sid: str) -> tuple[QueueSpec, QueueSpec]:
+    """Return the queue and dead-letter queue of ``sid`` (bindings to groups are separate)."""
+    queue = QueueSpec(
+        subscription_queue(sid),
+        arguments={
+            "x-queue-type": "quorum",
+            # AMQP consumers that keep failing a post: the broker dead-letters it.
+            "x-delivery-limit": SUBSCRIPTION_MAX_DELIVERIES,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": subscription_dead_routing_key(sid),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    dead = QueueSpec(
+        subscription_dead_queue(sid),
+        arguments={"x-queue-type": "quorum"},
+        bindings=((DEAD_LETTER_EXCHANGE, subscription_dead_routing_key(sid)),),
+    )
+    return queue, dead
 
 
 @dataclass

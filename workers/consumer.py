@@ -81,6 +81,9 @@ class BatchConsumer(Generic[Item]):
         """Store ``items`` in one transaction (runs in the database thread)."""
         raise NotImplementedError
 
+    async def after_store(self, outcomes: Sequence[Outcome]) -> None:
+        """Act on what was stored, before the batch is acked (a failure means redelivery)."""
+
     # -- the run loop -----------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -114,6 +117,7 @@ class BatchConsumer(Generic[Item]):
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self.settings.worker_prefetch)
             declared = await topology.declare_topology(channel)
+            self.exchanges = declared.exchanges
             self.dead_exchange = declared.exchanges[topology.DEAD_LETTER_EXCHANGE]
             await self._watch_cancel(channel)
             inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
@@ -210,6 +214,7 @@ class BatchConsumer(Generic[Item]):
             self.stats[outcome.status if outcome.status != "rejected" else "dead"] += 1
             if outcome.status == "rejected":
                 await self._dead_letter(message, outcome.code, outcome.detail)
+        await self.after_store(outcomes)
         self.stats["batches"] += 1
         await _ack_all(batch)
 

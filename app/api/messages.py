@@ -6,14 +6,13 @@ from flask import Blueprint, request
 
 from app import rules
 from app.api.openapi import documented
-from app.api.requests import authenticated, caller, json_body, services
+from app.api.requests import authenticated, caller, idempotency_key, json_body, services
 from app.api.schemas import Accepted, MailOut, NewMail
 from app.services.errors import Invalid
 from app.services.mail import Draft
 
 bp = Blueprint("messages", __name__, url_prefix="/v1")
 
-MAX_IDEMPOTENCY_KEY = 255
 _SEND_ERRORS = (413, 422, 503)
 
 
@@ -25,22 +24,13 @@ def _accepted(message_id: str):
     return {"id": message_id, "status": "accepted"}, 202, {"Location": f"/v1/messages/{message_id}"}
 
 
-def _idempotency_key() -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
-        raise Invalid("invalid_idempotency_key", f"Idempotency-Key is 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
-    return key
-
-
 @bp.post("/messages")
 @authenticated
 @documented("Send a mail", body=NewMail, responses={202: Accepted}, errors=_SEND_ERRORS,
             headers={"Idempotency-Key": "retries with the same key return the same id and send once"})
 def send():
     """Accept a mail for delivery."""
-    key = _idempotency_key()
+    key = idempotency_key()
     data = json_body(NewMail)
     return _accepted(services().mail.send(caller().username, _draft(data), idempotency_key=key))
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, TypeVar
 
 from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import rules
 from app.services.accounts import Caller
@@ -54,6 +55,11 @@ def json_body(model: type[ModelT]) -> ModelT:
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("unsupported_media_type", "JSON bodies must be UTF-8")
     raw = request.get_data(cache=True)  # werkzeug enforces MAX_CONTENT_LENGTH here (413)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit and request.input_stream.read(1):
+        # A streamed (chunked) body is cut at the limit without an error (werkzeug's
+        # LimitedStream.readall): a byte beyond it means the request was too large.
+        raise RequestEntityTooLarge()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -86,7 +92,8 @@ def int_param(name: str, *, minimum: int = 0) -> int | None:
     value = request.args.get(name)
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 18 or int(value) < minimum:
+    # isascii: str.isdigit() is also true for digits int() refuses, such as '²'.
+    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) < minimum:
         raise BadRequest("invalid_parameter", f"'{name}' must be an integer ≥ {minimum}")
     return int(value)
 
@@ -116,3 +123,16 @@ def bool_param(name: str) -> bool:
     if lowered in ("false", "0", "no"):
         return False
     raise BadRequest("invalid_parameter", f"'{name}' must be true or false")
+
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key() -> str | None:
+    """Return the ``Idempotency-Key`` header, None when absent; 422 when malformed."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise Invalid("invalid_idempotency_key", f"Idempotency-Key is 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -110,3 +112,126 @@ class Health(BaseModel):
 
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- groups ---------------------------------------------------------------------------------
+
+
+class GroupIn(Strict):
+    """``PUT /v1/groups/{name}``: on update only the fields given change."""
+
+    description: str | None = Field(default=None, max_length=2000)
+    visibility: Literal["public", "private"] | None = None
+
+
+class NewPost(Strict):
+    """``POST /v1/groups/{name}/messages``."""
+
+    body: str
+    subject: str = ""
+    topic: str | None = Field(default=None, description="a-z 0-9 _ -, at most 64; becomes a routing-key word")
+    in_reply_to: str | None = None
+
+
+class ReadMarker(Strict):
+    """``PUT /v1/groups/{name}/read-marker``."""
+
+    seq: int
+
+
+class GroupOut(BaseModel):
+    """A group as the caller sees it (``unread`` and ``read_marker`` for members)."""
+
+    name: str
+    description: str
+    visibility: str
+    owner: str
+    members: int
+    high_seq: int
+    member: bool
+    unread: int | None = None
+    read_marker: int | None = None
+
+
+class GroupPage(BaseModel):
+    """A page of groups."""
+
+    groups: list[GroupOut]
+    next: str | None
+
+
+class PostOut(BaseModel):
+    """A group post."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    seq: int
+    id: str
+    group: str
+    topic: str | None
+    from_: str = Field(alias="from")
+    subject: str
+    body: str
+    sent_at: str
+    in_reply_to: str | None
+
+
+class PostPage(BaseModel):
+    """Posts in seq order."""
+
+    messages: list[PostOut]
+    next: str | None
+
+
+# -- subscriptions --------------------------------------------------------------------------
+
+
+class SubscriptionIn(Strict):
+    """``PUT /v1/subscriptions/{sid}``."""
+
+    groups: list[str] = Field(min_length=1, max_length=100)
+    topics: dict[str, list[str]] | None = Field(default=None, description="per group: topic names or '*'")
+    start: Literal["latest", "earliest"] = "latest"
+
+
+class AckIn(Strict):
+    """``POST /v1/subscriptions/{sid}/ack``."""
+
+    ack_ids: list[str] = Field(max_length=1000)
+
+
+class SubscriptionOut(BaseModel):
+    """A subscriber id."""
+
+    id: str
+    owner: str
+    groups: list[str]
+    topics: dict[str, list[str]]
+    created_at: str
+    backlog: int
+
+
+class PulledPost(PostOut):
+    """A post leased to this caller until acked or the lease ends."""
+
+    ack_id: str
+    delivery_count: int
+
+
+class PullOut(BaseModel):
+    """Leased posts."""
+
+    messages: list[PulledPost]
+
+
+class AckOut(BaseModel):
+    """What an ack did."""
+
+    acked: list[str]
+    expired: list[str]
+
+
+class DeadLetterPage(BaseModel):
+    """Posts that were not acked after too many deliveries."""
+
+    messages: list[dict]

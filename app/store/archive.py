@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 from typing import Iterable, Sequence
 
 import peewee
@@ -18,11 +19,15 @@ INSERT_CHUNK = 100
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one mail: ``stored``, ``duplicate`` or ``rejected`` (with a reason)."""
+    """What became of one message: ``stored``, ``duplicate`` or ``rejected`` (with a reason).
+
+    ``value`` is what the store made of it, when the worker needs it afterwards.
+    """
 
     status: str
     code: str = ""
     detail: str = ""
+    value: Any = None
 
 
 STORED = Outcome("stored")

@@ -113,3 +113,84 @@ class MessageClaim(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (User, Token, Message, Folder, MailboxEntry, IdempotencyKey, MessageClaim)
 FOLDERS = ("inbox", "sent")
+
+
+class Group(BaseModel):
+    """A discussion group; ``high_seq`` is the last sequence number handed out."""
+
+    name = peewee.CharField(max_length=64, primary_key=True)
+    description = peewee.TextField(default="")
+    visibility = peewee.CharField(max_length=8, default="public")
+    owner = peewee.CharField(max_length=32)
+    created_at = peewee.DateTimeField(default=utcnow)
+    high_seq = peewee.BigIntegerField(default=0)
+
+
+class Membership(BaseModel):
+    """A member of a group and their read marker."""
+
+    group = peewee.CharField(max_length=64)
+    username = peewee.CharField(max_length=32, index=True)
+    joined_at = peewee.DateTimeField(default=utcnow)
+    read_marker = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("group", "username")
+
+
+class Post(BaseModel):
+    """A group post, numbered ``seq`` 1, 2, 3 … per group in commit order."""
+
+    id = peewee.CharField(max_length=36, primary_key=True)
+    group = peewee.CharField(max_length=64)
+    seq = peewee.BigIntegerField()
+    topic = peewee.CharField(max_length=64, null=True)
+    sender = peewee.CharField(max_length=32)
+    subject = peewee.TextField()
+    body = peewee.TextField()
+    in_reply_to = peewee.CharField(max_length=36, null=True)
+    sent_at = peewee.DateTimeField()
+    archived_at = peewee.DateTimeField(default=utcnow)
+    content_hash = peewee.CharField(max_length=64)
+
+    class Meta:
+        indexes = (
+            (("group", "seq"), True),
+            (("group", "topic", "seq"), False),
+        )
+
+
+class Subscription(BaseModel):
+    """A subscriber id (a consumer group) and its owner."""
+
+    id = peewee.CharField(max_length=64, primary_key=True)
+    owner = peewee.CharField(max_length=32, index=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class SubscriptionGroup(BaseModel):
+    """One group of a subscription, with its topic patterns (JSON list, or null for all)."""
+
+    subscription = peewee.CharField(max_length=64)
+    group = peewee.CharField(max_length=64, index=True)
+    topics = peewee.TextField(null=True)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("subscription", "group")
+
+
+class Lease(BaseModel):
+    """A post handed to an HTTP consumer of a subscriber id, until acked or expired."""
+
+    ack_id = peewee.CharField(max_length=64, primary_key=True)
+    subscription = peewee.CharField(max_length=64)
+    post_id = peewee.CharField(max_length=36)
+    payload = peewee.TextField()  # the numbered post as delivered (wire JSON)
+    delivery_count = peewee.IntegerField()
+    lease_until = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("subscription", "lease_until"), False),)
+
+
+GROUP_MODELS: tuple[type[BaseModel], ...] = (Group, Membership, Post, Subscription, SubscriptionGroup, Lease)

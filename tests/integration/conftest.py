@@ -19,6 +19,7 @@ from config import topology
 from config.settings import Settings
 from support import register
 from workers.mail import MailArchiveConsumer
+from workers.posts import GroupPostConsumer
 
 
 def _with_search_path(url: str, schema_name: str) -> str:
@@ -95,10 +96,10 @@ def client(app):
 
 
 class WorkerThread:
-    """An archive worker running on its own event loop in a thread of the test process."""
+    """A worker running on its own event loop in a thread of the test process."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.consumer = MailArchiveConsumer(settings)
+    def __init__(self, settings: Settings, kind: type = MailArchiveConsumer) -> None:
+        self.consumer = kind(settings)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="archive-worker", daemon=True)
 
@@ -123,6 +124,14 @@ class WorkerThread:
 def worker(settings) -> Iterator[WorkerThread]:
     """A running archive worker."""
     running = WorkerThread(settings).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def post_worker(settings) -> Iterator[WorkerThread]:
+    """A running group post archive worker."""
+    running = WorkerThread(settings, GroupPostConsumer).start()
     yield running
     running.stop()
 
