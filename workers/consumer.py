@@ -106,13 +106,11 @@ class BatchConsumer(Generic[Item]):
 
     async def _session(self) -> None:
         self.cancelled.clear()
-        connection = await aio_pika.connect_robust(
-            self.settings.amqp_url,
-            fail_fast=False,
-            reconnect_interval=1,
-            timeout=10,
-            client_properties={"connection_name": f"postroom-worker-{self.queue_name}-{os.getpid()}"},
+        connection = await connect_unless_stopped(
+            self.settings.amqp_url, f"postroom-worker-{self.queue_name}-{os.getpid()}", self.stopping
         )
+        if connection is None:
+            return
         try:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self.settings.worker_prefetch)
@@ -127,9 +125,11 @@ class BatchConsumer(Generic[Item]):
             try:
                 await self._drain(inbox)
             finally:
-                await self._hand_back(queue, tag, inbox)
+                # Bounded: with the broker gone these would wait for a reconnect forever;
+                # unacked messages go back to the queue when the connection closes anyway.
+                await _bounded(self._hand_back(queue, tag, inbox), 5.0)
         finally:
-            await connection.close()
+            await _bounded(connection.close(), 5.0)
 
     async def _watch_cancel(self, channel: aio_pika.abc.AbstractRobustChannel) -> None:
         """Notice a broker-side consumer cancel (e.g. the queue was deleted, case C11)."""
@@ -204,6 +204,9 @@ class BatchConsumer(Generic[Item]):
                 holders.append(message)
             except RuleError as exc:
                 await self._dead_letter(message, exc.code, exc.detail)
+            except Exception as exc:  # decoding is pure: what fails once fails on every redelivery
+                logger.exception("cannot decode message %s", message.message_id)
+                await self._dead_letter(message, "undecodable", f"{type(exc).__name__}: {exc}")
         outcomes = await self._store_with_retry(items) if items else []
         if outcomes is None:  # stopping while the database was down: hand the batch back
             for message in batch:
@@ -211,9 +214,10 @@ class BatchConsumer(Generic[Item]):
             return
         _failpoint("after_commit")
         for message, outcome in zip(holders, outcomes):
-            self.stats[outcome.status if outcome.status != "rejected" else "dead"] += 1
             if outcome.status == "rejected":
-                await self._dead_letter(message, outcome.code, outcome.detail)
+                await self._dead_letter(message, outcome.code, outcome.detail)  # counts it as dead
+            else:
+                self.stats[outcome.status] += 1
         await self.after_store(outcomes)
         self.stats["batches"] += 1
         await _ack_all(batch)
@@ -271,6 +275,32 @@ class BatchConsumer(Generic[Item]):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
         except asyncio.TimeoutError:
             pass
+
+
+async def connect_unless_stopped(
+    url: str, name: str, stopping: asyncio.Event
+) -> aio_pika.abc.AbstractRobustConnection | None:
+    """Connect (retrying while the broker is down); return None if ``stopping`` is set first."""
+    connecting = asyncio.ensure_future(
+        aio_pika.connect_robust(url, fail_fast=False, reconnect_interval=1, timeout=10,
+                                client_properties={"connection_name": name})
+    )
+    # A stop request must not wait for a broker that is down.
+    stop = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        return None
+    return connecting.result()
+
+
+async def _bounded(operation: Any, seconds: float) -> None:
+    """Await ``operation`` for at most ``seconds``; log instead of raising."""
+    try:
+        await asyncio.wait_for(operation, timeout=seconds)
+    except Exception:  # shutting down: nothing more to do about it
+        logger.debug("shutdown step failed or timed out", exc_info=True)
 
 
 async def _ack_all(batch: Sequence[aio_pika.abc.AbstractIncomingMessage]) -> None:

@@ -14,7 +14,7 @@ from app.store import subscriptions as store
 from app.store.db import TRANSIENT_ERRORS, database_proxy, reset_connection
 from config import topology
 from config.settings import Settings
-from workers.consumer import register
+from workers.consumer import connect_unless_stopped, register
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,9 @@ class LeaseReaper:
         self.db_thread.shutdown(wait=True)
 
     async def _session(self) -> None:
-        connection = await aio_pika.connect_robust(
-            self.settings.amqp_url, fail_fast=False, reconnect_interval=1,
-            client_properties={"connection_name": f"postroom-leases-{os.getpid()}"},
-        )
+        connection = await connect_unless_stopped(self.settings.amqp_url, f"postroom-leases-{os.getpid()}", self.stopping)
+        if connection is None:
+            return
         try:
             channel = await connection.channel(publisher_confirms=True)
             declared = await topology.declare_topology(channel)
