@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from argon2 import PasswordHasher
 from flask import Flask
@@ -11,8 +12,10 @@ from flask import Flask
 from app import wire
 from app.publisher import Publisher
 from app.services.accounts import AccountService
+from app.services.broker_access import BrokerAccess
 from app.services.groups import GroupService
 from app.services.mail import MailService
+from app.services.remote_auth import RemoteAccountService
 from app.services.subscriptions import SubscriptionService
 from app.services.tokens import TokenSigner
 from app.store.db import open_database
@@ -31,6 +34,8 @@ class Services:
     mail: MailService
     groups: GroupService
     subscriptions: SubscriptionService
+    broker_access: BrokerAccess
+    needs_broker: bool = True
 
 
 def build_services(settings: Settings, publisher: Publisher | None = None) -> Services:
@@ -38,6 +43,10 @@ def build_services(settings: Settings, publisher: Publisher | None = None) -> Se
     publisher = publisher or Publisher(settings.amqp_url, settings.publish_timeout_seconds)
     signer = TokenSigner(settings.secret_keys, settings.token_ttl_seconds, settings.token_clock_skew_seconds)
     hasher = PasswordHasher(time_cost=settings.password_time_cost, memory_cost=settings.password_memory_cost_kib)
+    if settings.auth_url:
+        accounts = RemoteAccountService(settings.auth_url, signer, hasher)
+    else:
+        accounts = AccountService(signer, hasher)
     limits = wire.Limits(settings.max_body_bytes, settings.max_subject_chars, settings.max_recipients)
     groups = GroupService(publisher, limits, settings.idempotency_ttl_seconds)
     subscriptions = SubscriptionService(publisher, groups, settings.lease_seconds)
@@ -47,15 +56,25 @@ def build_services(settings: Settings, publisher: Publisher | None = None) -> Se
     return Services(
         settings=settings,
         publisher=publisher,
-        accounts=AccountService(signer, hasher),
+        accounts=accounts,
         mail=MailService(publisher, limits, settings.idempotency_ttl_seconds),
         groups=groups,
         subscriptions=subscriptions,
+        broker_access=BrokerAccess(accounts, amqp_vhost(settings.amqp_url)),
     )
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Create the API app; the broker connection opens on first use in each process."""
+def amqp_vhost(url: str) -> str:
+    """Return the virtual host named by an AMQP URL (``/`` when none)."""
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def create_app(settings: Settings | None = None, parts: str = "all") -> Flask:
+    """Create the API app (``parts="auth"``: only the auth service's endpoints).
+
+    The broker connection opens on first use in each process, never here.
+    """
     settings = (settings or Settings.from_env()).with_secret_keys()
     app = Flask("postroom", static_folder=None)
     app.config.update(
@@ -69,8 +88,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["postroom"] = build_services(settings)
 
     from app.api import groups, health, mailbox, messages, openapi, problems, subscriptions, tokens, users
+    from app.auth import rabbitmq, verify
 
     problems.init_app(app)
-    for module in (users, tokens, messages, mailbox, groups, subscriptions, health, openapi):
+    modules = [users, tokens, verify, rabbitmq, health, openapi]
+    if parts == "all":
+        modules += [messages, mailbox, groups, subscriptions]
+    else:
+        app.extensions["postroom"].needs_broker = False
+    for module in modules:
         app.register_blueprint(module.bp)
     return app

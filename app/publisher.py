@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -139,6 +140,9 @@ class _LoopState:
 
     def __init__(self, url: str, connection_name: str) -> None:
         self.url = url
+        # Every publish names the service's broker user: RabbitMQ checks it, and the workers
+        # trust the body's sender only from a service user (or from that same user).
+        self.user_id = unquote(urlsplit(url).username or "guest")
         self.connection_name = connection_name
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
@@ -217,6 +221,7 @@ class _LoopState:
                 message_id=message.message_id,
                 type=message.type,
                 headers=message.headers,
+                user_id=self.user_id,
                 timestamp=time.time(),
             )
             await exchange.publish(

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import unquote, urlsplit
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 DEFAULT_VAR_DIR = "var"
@@ -47,6 +48,11 @@ class Settings:
     worker_delivery_limit: int = 10
     db_retry_max_seconds: float = 5.0
     log_level: str = "INFO"
+    # Broker users whose messages may carry any sender (Postroom's own processes).
+    # Empty: the user of amqp_url.
+    service_users: tuple[str, ...] = ()
+    # Base URL of a separate auth service that checks tokens (empty: in-process).
+    auth_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -76,6 +82,8 @@ class Settings:
             worker_delivery_limit=_int(env, "POSTROOM_WORKER_DELIVERY_LIMIT", cls.worker_delivery_limit),
             db_retry_max_seconds=_float(env, "POSTROOM_DB_RETRY_MAX", cls.db_retry_max_seconds),
             log_level=env.get("POSTROOM_LOG_LEVEL", cls.log_level),
+            auth_url=env.get("POSTROOM_AUTH_URL", ""),
+            service_users=tuple(u.strip() for u in env.get("POSTROOM_SERVICE_USERS", "").split(",") if u.strip()),
         )
 
     def with_secret_keys(self) -> "Settings":
@@ -102,6 +110,12 @@ class Settings:
 
             time.sleep(0.01)
         return replace(self, secret_keys=(key,))
+
+    def trusted_publishers(self) -> frozenset[str]:
+        """Return the broker users allowed to publish messages on behalf of any sender."""
+        if self.service_users:
+            return frozenset(self.service_users)
+        return frozenset({unquote(urlsplit(self.amqp_url).username or "guest")})
 
     def replace(self, **changes: object) -> "Settings":
         """Return a copy with ``changes`` applied."""

@@ -19,10 +19,11 @@ MAIL_ROUTING_KEY = "mail.v1"
 #: Quorum queue the archive workers consume.
 MAIL_ARCHIVE_QUEUE = "postroom.mail.archive"
 
-#: Direct exchange that receives every group post before it is numbered.
+#: Topic exchange that receives every group post before it is numbered; routing key
+#: ``<group>.<topic>`` (see :func:`post_routing_key`), so that RabbitMQ's topic
+#: authorisation can check that an AMQP publisher may post to the group.
 GROUPS_EXCHANGE = "postroom.groups"
-POST_ROUTING_KEY = "post.v1"
-#: Quorum queue the post archive workers consume.
+#: Quorum queue the post archive workers consume (bound with ``#``: every post).
 POSTS_ARCHIVE_QUEUE = "postroom.groups.archive"
 
 #: Topic exchange of numbered (archived) posts; routing key ``<group>.<topic>``, with
@@ -72,7 +73,7 @@ class QueueSpec:
 
 EXCHANGES: tuple[ExchangeSpec, ...] = (
     ExchangeSpec(MAIL_EXCHANGE, "direct"),
-    ExchangeSpec(GROUPS_EXCHANGE, "direct"),
+    ExchangeSpec(GROUPS_EXCHANGE, "topic"),
     ExchangeSpec(POSTS_EXCHANGE, "topic"),
     ExchangeSpec(DEAD_LETTER_EXCHANGE, "direct"),
 )
@@ -101,7 +102,7 @@ QUEUES: tuple[QueueSpec, ...] = (
         arguments={"x-queue-type": "quorum"},
         bindings=((DEAD_LETTER_EXCHANGE, MAIL_DEAD_ROUTING_KEY),),
     ),
-    _archive_queue(POSTS_ARCHIVE_QUEUE, GROUPS_EXCHANGE, POST_ROUTING_KEY, POSTS_DEAD_ROUTING_KEY),
+    _archive_queue(POSTS_ARCHIVE_QUEUE, GROUPS_EXCHANGE, "#", POSTS_DEAD_ROUTING_KEY),
     QueueSpec(
         POSTS_DEAD_QUEUE,
         arguments={"x-queue-type": "quorum"},
@@ -129,7 +130,7 @@ def subscription_dead_routing_key(sid: str) -> str:
 
 
 def post_routing_key(group: str, topic: str | None) -> str:
-    """Return the routing key of a numbered post (names are validated before they get here)."""
+    """Return the routing key of a post, on the way in and numbered (names are validated first)."""
     return f"{group}.{topic or NO_TOPIC}"
 
 

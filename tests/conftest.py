@@ -130,10 +130,14 @@ class Broker:
         self.wait_ready(timeout)
 
 
-@pytest.fixture(scope="session")
-def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    """A RabbitMQ node of this test session (started on first use, stopped at the end)."""
-    extra_env = _write_rabbitmq_conf_dir(_CONF_DIR)
+def start_node(request: pytest.FixtureRequest, process_fixture: str, conf_dir: Path,
+               extra_conf: str = "", plugins: str = "[]") -> Broker:
+    """Start the node of a pytest-rabbitmq process fixture with its own config files."""
+    extra_env = _write_rabbitmq_conf_dir(conf_dir)
+    if extra_conf:
+        with open(conf_dir / "rabbitmq.conf", "a") as conf:
+            conf.write(extra_conf)
+    (conf_dir / "plugins").write_text(f"{plugins}.\n")
     # pytest-rabbitmq builds the server's environment from os.environ when it starts it,
     # and takes no extra variables: set ours just for the start.
     mp = pytest.MonkeyPatch()
@@ -143,7 +147,7 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         mp.setenv(key, value)
     started = time.monotonic()
     try:
-        proc: RabbitMqExecutor = request.getfixturevalue("_postroom_rabbitmq_proc")
+        proc: RabbitMqExecutor = request.getfixturevalue(process_fixture)
     finally:
         mp.undo()
     # Keep them for pytest-rabbitmq's own rabbitmqctl calls (the `rabbitmq` client fixture).
@@ -160,12 +164,24 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     )
     b.wait_ready(60)
     b.startup_seconds = time.monotonic() - started
+    return b
+
+
+@pytest.fixture(scope="session")
+def node_starter():
+    """:func:`start_node`, for conftests of sub-directories that start nodes of their own."""
+    return start_node
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """A RabbitMQ node of this test session (started on first use, stopped at the end)."""
+    b = start_node(request, "_postroom_rabbitmq_proc", _CONF_DIR)
     request.config.stash[_startup_key] = b.startup_seconds
     try:
         yield b
     finally:
         shutil.rmtree(_CONF_DIR, ignore_errors=True)  # the process fixture stops the node after
-
 
 
 @pytest.fixture(scope="session")

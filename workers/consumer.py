@@ -81,6 +81,17 @@ class BatchConsumer(Generic[Item]):
         """Store ``items`` in one transaction (runs in the database thread)."""
         raise NotImplementedError
 
+    def check_sender(self, message: aio_pika.abc.AbstractIncomingMessage, sender: str) -> None:
+        """Raise RuleError unless the broker vouches for ``sender``.
+
+        RabbitMQ rejects a publish whose ``user_id`` is not the publishing connection's user,
+        so ``user_id`` is verified: a service user may send for anyone, anyone else only as
+        themself (AMQP applications logged in with their Postroom identity).
+        """
+        if message.user_id in self.settings.trusted_publishers() or message.user_id == sender:
+            return
+        raise RuleError("unverified_sender", f"user_id {message.user_id!r} may not send as {sender!r}")
+
     async def after_store(self, outcomes: Sequence[Outcome]) -> None:
         """Act on what was stored, before the batch is acked (a failure means redelivery)."""
 

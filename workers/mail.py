@@ -28,6 +28,7 @@ class MailArchiveConsumer(BatchConsumer[wire.Mail]):
         mail = wire.decode_mail(message.body, limits)
         if message.message_id is not None and message.message_id != mail.id:
             raise wire.WireError("id_mismatch", "the AMQP message_id differs from the body's id")
+        self.check_sender(message, mail.sender)
         return mail
 
     def store(self, items: Sequence[wire.Mail]) -> list[Outcome]:

@@ -36,6 +36,7 @@ class GroupPostConsumer(BatchConsumer[wire.Post]):
             raise wire.WireError("invalid_schema", "'seq' is assigned by the archive, not by the sender")
         if message.message_id is not None and message.message_id != post.id:
             raise wire.WireError("id_mismatch", "the AMQP message_id differs from the body's id")
+        self.check_sender(message, post.sender)
         return post
 
     def store(self, items: Sequence[wire.Post]) -> list[Outcome]:

@@ -23,7 +23,9 @@ def healthz():
 @documented("Broker and database are reachable", responses={200: Health, 503: Health})
 def readyz():
     """Answer 200 when the broker connection is up and the database answers, else 503."""
-    checks = {"broker": "ok" if services().publisher.is_connected(wait=2.0) else "unreachable"}
+    checks = {}
+    if services().needs_broker:
+        checks["broker"] = "ok" if services().publisher.is_connected(wait=2.0) else "unreachable"
     try:
         database_proxy.execute_sql("SELECT 1")
         checks["database"] = "ok"

@@ -235,3 +235,10 @@ class DeadLetterPage(BaseModel):
     """Posts that were not acked after too many deliveries."""
 
     messages: list[dict]
+
+
+class PasswordChange(Strict):
+    """``PUT /v1/me/password``: every token of the user is revoked afterwards."""
+
+    password: str = Field(max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)

@@ -9,7 +9,7 @@ from datetime import timezone
 from app import wire
 from app.api.openapi import documented
 from app.api.requests import authenticated, caller, json_body, services
-from app.api.schemas import MeOut, NewUser, UserOut
+from app.api.schemas import MeOut, NewUser, PasswordChange, UserOut
 from app.services.errors import NotFound
 from app.store import accounts
 
@@ -43,3 +43,14 @@ def me():
         "display_name": user.display_name,
         "unread": {"inbox": services().mail.unread(user.username)},
     }
+
+
+@bp.put("/me/password")
+@authenticated
+@documented("Change your password; every one of your tokens stops working", body=PasswordChange,
+            responses={204: None})
+def change_password():
+    """Change the caller's password."""
+    data = json_body(PasswordChange)
+    services().accounts.change_password(caller(), data.password, data.new_password)
+    return "", 204

@@ -70,6 +70,16 @@ class AccountService:
             raise Unauthorized("invalid_token", "the token was revoked or has expired")
         return Caller(claims.username, claims.token_id)
 
+    def change_password(self, caller: Caller, password: str, new_password: str) -> None:
+        """Set a new password after checking the current one; every token is revoked."""
+        user = store.find_user(caller.username)
+        try:
+            self.hasher.verify(user.password_hash if user else self._dummy_hash, password)
+        except (VerificationError, InvalidHashError):
+            raise Unauthorized("invalid_credentials", "the current password is wrong") from None
+        store.set_password_hash(caller.username, self.hasher.hash(new_password))
+        store.revoke_all_tokens(caller.username)
+
     def revoke(self, caller: Caller) -> None:
         """Revoke the caller's current token."""
         store.revoke_token(caller.token_id)

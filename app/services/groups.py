@@ -157,7 +157,7 @@ class GroupService:
                 raise Invalid("idempotency_key_reused", "this Idempotency-Key was used for a different request")
             post = dataclasses.replace(post, id=record.message_id)
         try:
-            self.publisher.publish(Outgoing(topology.GROUPS_EXCHANGE, topology.POST_ROUTING_KEY,
+            self.publisher.publish(Outgoing(topology.GROUPS_EXCHANGE, topology.post_routing_key(name, post.topic),
                                             wire.encode_post(post), post.id, wire.POST_TYPE))
         except PublishFailed as exc:
             raise Unavailable("broker_unavailable", f"the post was not accepted: {exc.reason}; retry later") from None

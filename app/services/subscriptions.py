@@ -38,10 +38,17 @@ class Handback:
     dead: bool
 
 
+def post_headers(payload: dict[str, Any]) -> dict[str, Any]:
+    """Return the headers every numbered post carries (as the post archive worker sets them)."""
+    return {"x-postroom-group": payload.get("group"), "x-postroom-seq": payload.get("seq")}
+
+
 def handback_for(lease: Lease, max_deliveries: int = topology.SUBSCRIPTION_MAX_DELIVERIES) -> Handback:
     """Decide how to hand back an expired lease (shared by the API and the lease worker)."""
     dead = lease.delivery_count >= max_deliveries
-    headers: dict[str, Any] = {topology.HEADER_DELIVERY_COUNT: lease.delivery_count}
+    # The same headers as the first delivery, plus how many deliveries it has had.
+    headers: dict[str, Any] = {**post_headers(json.loads(lease.payload)),
+                               topology.HEADER_DELIVERY_COUNT: lease.delivery_count}
     if dead:
         headers[topology.HEADER_DEAD_REASON] = "max_deliveries"
         headers[topology.HEADER_DEAD_DETAIL] = f"not acked after {lease.delivery_count} deliveries"
@@ -125,8 +132,9 @@ class SubscriptionService:
                 rows, more = group_store.list_posts(group, after, 200, None)
                 for row in rows:
                     if patterns is None or "*" in patterns or row.topic in patterns:
-                        payload = wire.encode_post(stored_post(row))
-                        self._publish(Outgoing("", topology.subscription_queue(sid), payload, row.id, wire.POST_TYPE))
+                        post = stored_post(row)
+                        self._publish(Outgoing("", topology.subscription_queue(sid), wire.encode_post(post), row.id,
+                                               wire.POST_TYPE, post_headers(post.to_json())))
                 if not more:
                     break
                 after = rows[-1].seq

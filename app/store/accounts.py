@@ -28,6 +28,12 @@ def find_user(username: str) -> User | None:
     return User.get_or_none(User.username == username)
 
 
+def set_password_hash(username: str, password_hash: str) -> None:
+    """Replace a user's password hash."""
+    with User._meta.database.atomic():
+        User.update(password_hash=password_hash).where(User.username == username).execute()
+
+
 def existing_usernames(names: Iterable[str]) -> set[str]:
     """Return which of ``names`` are users."""
     wanted = list(set(names))

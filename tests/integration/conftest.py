@@ -3,8 +3,6 @@ session's RabbitMQ, and an archive worker running in a thread of the test proces
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from typing import Iterator
 
@@ -17,8 +15,7 @@ from app.store import schema
 from app.store.db import open_database
 from config import topology
 from config.settings import Settings
-from support import register
-from workers.mail import MailArchiveConsumer
+from support import WorkerThread, register
 from workers.posts import GroupPostConsumer
 
 
@@ -93,31 +90,6 @@ def app(settings):
 def client(app):
     """A test client of the app."""
     return app.test_client()
-
-
-class WorkerThread:
-    """A worker running on its own event loop in a thread of the test process."""
-
-    def __init__(self, settings: Settings, kind: type = MailArchiveConsumer) -> None:
-        self.consumer = kind(settings)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="archive-worker", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.consumer.run())
-
-    def start(self) -> "WorkerThread":
-        """Start consuming."""
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 30) -> None:
-        """Ask the worker to stop and wait for it."""
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.consumer.request_stop)
-            self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the worker did not stop"
 
 
 @pytest.fixture
