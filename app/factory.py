@@ -15,6 +15,7 @@ from app.services.accounts import AccountService
 from app.services.broker_access import BrokerAccess
 from app.services.groups import GroupService
 from app.services.mail import MailService
+from app.services.ratelimit import SendLimiter
 from app.services.remote_auth import RemoteAccountService
 from app.services.subscriptions import SubscriptionService
 from app.services.tokens import TokenSigner
@@ -35,6 +36,7 @@ class Services:
     groups: GroupService
     subscriptions: SubscriptionService
     broker_access: BrokerAccess
+    limiter: SendLimiter
     needs_broker: bool = True
 
 
@@ -61,6 +63,7 @@ def build_services(settings: Settings, publisher: Publisher | None = None) -> Se
         groups=groups,
         subscriptions=subscriptions,
         broker_access=BrokerAccess(accounts, amqp_vhost(settings.amqp_url)),
+        limiter=SendLimiter(settings.send_rate_limit, settings.send_rate_window_seconds),
     )
 
 

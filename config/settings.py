@@ -39,6 +39,8 @@ class Settings:
     max_recipients: int = 100
     idempotency_ttl_seconds: int = 24 * 3600
     lease_seconds: float = 30.0
+    send_rate_limit: int = 0  # sends (mail + posts) per user per window; 0 = unlimited
+    send_rate_window_seconds: int = 60
     # argon2id cost; tests lower it, production keeps the library's defaults.
     password_time_cost: int = 3
     password_memory_cost_kib: int = 65536
@@ -74,6 +76,8 @@ class Settings:
             max_recipients=_int(env, "POSTROOM_MAX_RECIPIENTS", cls.max_recipients),
             idempotency_ttl_seconds=_int(env, "POSTROOM_IDEMPOTENCY_TTL", cls.idempotency_ttl_seconds),
             lease_seconds=_float(env, "POSTROOM_LEASE_SECONDS", cls.lease_seconds),
+            send_rate_limit=_int(env, "POSTROOM_SEND_RATE_LIMIT", cls.send_rate_limit),
+            send_rate_window_seconds=_int(env, "POSTROOM_SEND_RATE_WINDOW", cls.send_rate_window_seconds),
             password_time_cost=_int(env, "POSTROOM_PASSWORD_TIME_COST", cls.password_time_cost),
             password_memory_cost_kib=_int(env, "POSTROOM_PASSWORD_MEMORY_KIB", cls.password_memory_cost_kib),
             worker_prefetch=_int(env, "POSTROOM_WORKER_PREFETCH", cls.worker_prefetch),

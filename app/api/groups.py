@@ -6,7 +6,7 @@ from flask import Blueprint, request
 
 from app import rules
 from app.api.openapi import documented
-from app.api.requests import authenticated, caller, idempotency_key, int_param, json_body, limit_param, services
+from app.api.requests import authenticated, rate_limited, caller, idempotency_key, int_param, json_body, limit_param, services
 from app.api.schemas import Accepted, GroupIn, GroupOut, GroupPage, NewPost, PostPage, ReadMarker
 from app.services.errors import BadRequest
 from app.services.groups import PostDraft, group_json
@@ -77,6 +77,7 @@ def remove_member(name: str, username: str):
 @authenticated
 @documented("Post to a group (members only)", body=NewPost, responses={202: Accepted}, errors=(403, 404, 503),
             headers={"Idempotency-Key": "retries with the same key return the same id and post once"})
+@rate_limited
 def post(name: str):
     """Accept a post for the group."""
     key = idempotency_key()

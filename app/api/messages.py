@@ -6,7 +6,7 @@ from flask import Blueprint, request
 
 from app import rules
 from app.api.openapi import documented
-from app.api.requests import authenticated, caller, idempotency_key, json_body, services
+from app.api.requests import authenticated, rate_limited, caller, idempotency_key, json_body, services
 from app.api.schemas import Accepted, MailOut, NewMail
 from app.services.errors import Invalid
 from app.services.mail import Draft
@@ -28,6 +28,7 @@ def _accepted(message_id: str):
 @authenticated
 @documented("Send a mail", body=NewMail, responses={202: Accepted}, errors=_SEND_ERRORS,
             headers={"Idempotency-Key": "retries with the same key return the same id and send once"})
+@rate_limited
 def send():
     """Accept a mail for delivery."""
     key = idempotency_key()
@@ -39,6 +40,7 @@ def send():
 @authenticated
 @documented("Send a mail under an id the client chose (ULID or UUID); retries are safe",
             body=NewMail, responses={202: Accepted}, errors=(409, *_SEND_ERRORS))
+@rate_limited
 def send_with_id(message_id: str):
     """Accept a mail under a client-chosen id."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, Callable
 
 from flask import Blueprint, Flask, current_app, jsonify
@@ -64,8 +65,12 @@ def build_document(app: Flask) -> dict[str, Any]:
         ref_template="#/components/schemas/{model}",
     )
     paths: dict[str, dict] = {}
+    uses = Counter(view.__name__ for _, _, view in operations)
     for path, method, view in sorted(operations, key=lambda op: op[:2]):
-        paths.setdefault(path, {})[method] = _operation(path, view)
+        operation = _operation(path, view)
+        if uses[view.__name__] > 1:  # one view serves several methods: operationIds must be unique
+            operation["operationId"] = f"{view.__name__}_{method}"
+        paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "Postroom", "version": "1", "description": "Mail and discussion groups over HTTP and AMQP."},

@@ -36,6 +36,7 @@ def error_response(status: int, code: str, title: str, detail: str, **extra: Any
 
 def _service_error(error: ServiceError) -> Response:
     response = error_response(error.status, error.code, error.title, error.detail, **error.extra)
+    response.headers.update(error.headers)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="postroom"'
     if error.status == 503:

@@ -136,3 +136,19 @@ def idempotency_key() -> str | None:
     if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
         raise Invalid("invalid_idempotency_key", f"Idempotency-Key is 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
     return key
+
+
+def rate_limited(view: Callable) -> Callable:
+    """Charge the caller one send (429 when spent) and add the RateLimit-* headers."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        limiter = services().limiter
+        if not limiter.enabled:
+            return view(*args, **kwargs)
+        quota = limiter.charge(caller().username)
+        response = current_app.make_response(view(*args, **kwargs))
+        response.headers.update(quota.headers())
+        return response
+
+    return wrapper

@@ -16,6 +16,7 @@ class ServiceError(Exception):
         self.code = code
         self.detail = detail
         self.extra = extra
+        self.headers: dict[str, str] = {}
 
 
 class BadRequest(ServiceError):

@@ -86,8 +86,18 @@ class GroupService:
         if group.owner != caller:
             raise Forbidden("not_owner", f"only the owner of {name!r} may change it")
         changes = {k: v for k, v in (("description", description), ("visibility", visibility)) if v is not None}
+        going_private = visibility == "private" and group.visibility != "private"
+        if going_private:
+            self._forget_non_members(name)
         groups.update_group(name, **changes)
+        if going_private:
+            self._forget_non_members(name)  # whoever subscribed while it was still public
         return groups.find_group(name), False
+
+    def _forget_non_members(self, name: str) -> None:
+        """Stop delivering a group that turns private to the subscriptions of non-members."""
+        for username in groups.subscribers_not_members(name):
+            self.on_member_removed(name, username)
 
     def list(self, caller: str, after: str | None, limit: int) -> tuple[list[dict], str | None]:
         """Return a page of the groups the caller may see."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.store.models import Group, Membership, Post, SubscriptionGroup
+from app.store.models import Group, Membership, Post, Subscription, SubscriptionGroup
 
 
 def find_group(name: str) -> Group | None:
@@ -74,6 +74,18 @@ def remove_member(group: str, username: str) -> bool:
 def subscriptions_with(name: str) -> list[str]:
     """Return the subscriber ids whose groups include ``name``."""
     return [row.subscription for row in SubscriptionGroup.select().where(SubscriptionGroup.group == name)]
+
+
+def subscribers_not_members(name: str) -> list[str]:
+    """Return the owners of subscriptions that include ``name`` who are not members of it."""
+    members = Membership.select(Membership.username).where(Membership.group == name)
+    query = (
+        Subscription.select(Subscription.owner)
+        .join(SubscriptionGroup, on=(SubscriptionGroup.subscription == Subscription.id))
+        .where((SubscriptionGroup.group == name) & Subscription.owner.not_in(members))
+        .distinct()
+    )
+    return sorted(row.owner for row in query)
 
 
 def delete_group(name: str) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 
-from app.store.models import IdempotencyKey, Message, MessageClaim, Token, utcnow
+from app.store.models import IdempotencyKey, Message, MessageClaim, RateCounter, Token, utcnow
 
 
 def prune(idempotency_ttl_seconds: int) -> dict[str, int]:
@@ -16,5 +16,6 @@ def prune(idempotency_ttl_seconds: int) -> dict[str, int]:
         tokens = Token.delete().where(Token.expires_at < utcnow()).execute()
         # A claim matters until its message is archived; the archive then answers for the id.
         archived = Message.select(Message.id)
+        counters = RateCounter.delete().where(RateCounter.window < int(cutoff.replace(tzinfo=timezone.utc).timestamp())).execute()
         claims = MessageClaim.delete().where((MessageClaim.created_at < cutoff) & MessageClaim.id.in_(archived)).execute()
-    return {"idempotency_keys": keys, "tokens": tokens, "claims": claims}
+    return {"idempotency_keys": keys, "tokens": tokens, "claims": claims, "rate_counters": counters}

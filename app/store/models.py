@@ -194,3 +194,14 @@ class Lease(BaseModel):
 
 
 GROUP_MODELS: tuple[type[BaseModel], ...] = (Group, Membership, Post, Subscription, SubscriptionGroup, Lease)
+
+
+class RateCounter(BaseModel):
+    """Sends of a user in one fixed window (``window`` = its start, in epoch seconds)."""
+
+    username = peewee.CharField(max_length=32)
+    window = peewee.BigIntegerField()
+    count = peewee.IntegerField(default=0)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("username", "window")
