@@ -29,6 +29,6 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Open this process's broker connection now rather than on its first request."""
-    extensions = getattr(worker.wsgi, "extensions", {})
-    if "postroom" in extensions:
-        extensions["postroom"].publisher.start()
+    services = getattr(worker.wsgi, "extensions", {}).get("postroom")
+    if services is not None and services.needs_broker:
+        services.publisher.start()
