@@ -13,6 +13,7 @@ from app import wire
 from app.publisher import Publisher
 from app.services.accounts import AccountService
 from app.services.broker_access import BrokerAccess
+from app.services.deadletters import DeadLetterService
 from app.services.groups import GroupService
 from app.services.mail import MailService
 from app.services.ratelimit import SendLimiter
@@ -37,6 +38,7 @@ class Services:
     subscriptions: SubscriptionService
     broker_access: BrokerAccess
     limiter: SendLimiter
+    deadletters: DeadLetterService
     needs_broker: bool = True
 
 
@@ -64,6 +66,7 @@ def build_services(settings: Settings, publisher: Publisher | None = None) -> Se
         subscriptions=subscriptions,
         broker_access=BrokerAccess(accounts, amqp_vhost(settings.amqp_url)),
         limiter=SendLimiter(settings.send_rate_limit, settings.send_rate_window_seconds),
+        deadletters=DeadLetterService(publisher, settings.admin_users),
     )
 
 
@@ -90,13 +93,13 @@ def create_app(settings: Settings | None = None, parts: str = "all") -> Flask:
     open_database(settings.database_url)
     app.extensions["postroom"] = build_services(settings)
 
-    from app.api import groups, health, mailbox, messages, openapi, problems, subscriptions, tokens, users
+    from app.api import admin, groups, health, mailbox, messages, openapi, problems, subscriptions, tokens, users
     from app.auth import rabbitmq, verify
 
     problems.init_app(app)
     modules = [users, tokens, verify, rabbitmq, health, openapi]
     if parts == "all":
-        modules += [messages, mailbox, groups, subscriptions]
+        modules += [messages, mailbox, groups, subscriptions, admin]
     else:
         app.extensions["postroom"].needs_broker = False
     for module in modules:

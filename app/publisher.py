@@ -77,19 +77,28 @@ class Publisher:
             future.cancel()
             raise PublishFailed("no confirm from the broker in time") from None
 
-    def call(self, operation: Callable[[Any], Awaitable[T]], timeout: float) -> T:
+    def call(self, operation: Callable[[Any], Awaitable[T]], timeout: float, confirms: bool = False) -> T:
         """Run ``operation(channel)`` on this process's loop with a channel of its own.
 
         The channel is closed afterwards, so anything the operation took from a queue and
         did not ack goes back to the queue, also when the operation fails.
         """
         loop, state = self._started()
-        future = asyncio.run_coroutine_threadsafe(state.call(operation, timeout), loop)
+        future = asyncio.run_coroutine_threadsafe(state.call(operation, timeout, confirms), loop)
         try:
             return future.result(timeout=timeout + 1.0)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise PublishFailed("the broker did not answer in time") from None
+
+    def message(self, body: bytes, **properties: Any) -> aio_pika.Message:
+        """Build a persistent message (for operations given to :meth:`call`)."""
+        return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **properties)
+
+    @property
+    def user_id(self) -> str:
+        """Return the broker user this process publishes as."""
+        return unquote(urlsplit(self.amqp_url).username or "guest")
 
     def start(self) -> None:
         """Start connecting now (in this process) instead of on the first publish."""
@@ -147,6 +156,7 @@ class _LoopState:
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.ready = asyncio.Event()
+        self.closing = False
         self.down_since: float | None = time.monotonic()
         # aiormq matches returned messages to publishes by message id; two publishes of
         # one id in flight on a channel can leave a confirm unresolved (aio-pika #689).
@@ -177,7 +187,7 @@ class _LoopState:
         logger.info("publisher %s connected", self.connection_name)
 
     def _on_down(self, *_: Any) -> None:
-        if self.down_since is None:
+        if self.down_since is None and not self.closing:
             self.down_since = time.monotonic()
             logger.warning("publisher %s lost the broker", self.connection_name)
 
@@ -234,14 +244,14 @@ class _LoopState:
             del self.in_flight[message.message_id]
             done.set_result(None)
 
-    async def call(self, operation: Callable[[Any], Awaitable[T]], timeout: float) -> T:
+    async def call(self, operation: Callable[[Any], Awaitable[T]], timeout: float, confirms: bool = False) -> T:
         """Run ``operation`` with a fresh channel, within ``timeout``; close the channel after."""
         if not self.connected() and self.down_since is not None and time.monotonic() - self.down_since > timeout:
             raise PublishFailed("the broker is unreachable")
 
         async def run() -> T:
             await self.ready.wait()
-            channel = await self.connection.channel(publisher_confirms=False)
+            channel = await self.connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
             try:
                 return await operation(channel)
             finally:
@@ -257,5 +267,6 @@ class _LoopState:
 
     async def close(self) -> None:
         """Close the connection."""
+        self.closing = True
         if self.connection is not None:
             await self.connection.close()

@@ -53,6 +53,8 @@ class Settings:
     # Broker users whose messages may carry any sender (Postroom's own processes).
     # Empty: the user of amqp_url.
     service_users: tuple[str, ...] = ()
+    # Users who may use the operator endpoints (/v1/admin/...).
+    admin_users: tuple[str, ...] = ()
     # Base URL of a separate auth service that checks tokens (empty: in-process).
     auth_url: str = ""
 
@@ -87,6 +89,7 @@ class Settings:
             db_retry_max_seconds=_float(env, "POSTROOM_DB_RETRY_MAX", cls.db_retry_max_seconds),
             log_level=env.get("POSTROOM_LOG_LEVEL", cls.log_level),
             auth_url=env.get("POSTROOM_AUTH_URL", ""),
+            admin_users=tuple(u.strip() for u in env.get("POSTROOM_ADMIN_USERS", "").split(",") if u.strip()),
             service_users=tuple(u.strip() for u in env.get("POSTROOM_SERVICE_USERS", "").split(",") if u.strip()),
         )
 

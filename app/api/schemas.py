@@ -242,3 +242,23 @@ class PasswordChange(Strict):
 
     password: str = Field(max_length=1024)
     new_password: str = Field(min_length=8, max_length=1024)
+
+
+class DeadLetterList(BaseModel):
+    """Dead letters, newest reasons included."""
+
+    dead_letters: list[dict]
+
+
+class RequeueIn(Strict):
+    """``POST /v1/admin/dead-letters/requeue``: every dead letter of ``kind``, or those listed."""
+
+    kind: Literal["mail", "posts"] = "mail"
+    message_ids: list[str] | None = Field(default=None, max_length=10000)
+
+
+class RequeueOut(BaseModel):
+    """What a requeue did."""
+
+    requeued: list[str | None]
+    skipped: list[dict]

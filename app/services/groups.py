@@ -165,6 +165,11 @@ class GroupService:
                                               self.idempotency_ttl_seconds)
             if record.request_hash != post.content_hash():
                 raise Invalid("idempotency_key_reused", "this Idempotency-Key was used for a different request")
+            if record.message_id != post.id and groups.post_archived(record.message_id):
+                # A retry of a post that is archived, so already on its way to subscribers
+                # (the worker publishes it before its ack): publishing it again would deliver
+                # it to every subscriber id a second time.
+                return record.message_id
             post = dataclasses.replace(post, id=record.message_id)
         try:
             self.publisher.publish(Outgoing(topology.GROUPS_EXCHANGE, topology.post_routing_key(name, post.topic),

@@ -176,7 +176,10 @@ class SubscriptionService:
                 post = wire.decode_post(body).to_json()
             except wire.WireError:
                 post = {"raw": body.decode("utf-8", "replace")}
-            found.append({**post, "reason": headers.get(topology.HEADER_DEAD_REASON, "rejected"),
+            # Ours (max_deliveries, set by a lease hand-back), else the broker's (delivery_limit:
+            # AMQP consumers kept failing it; rejected: an AMQP consumer rejected it).
+            reason = headers.get(topology.HEADER_DEAD_REASON) or headers.get("x-first-death-reason") or "rejected"
+            found.append({**post, "reason": reason,
                           "delivery_count": headers.get(topology.HEADER_DELIVERY_COUNT)})
         return found
 

@@ -106,6 +106,11 @@ def list_posts(group: str, after: int, limit: int, topic: str | None) -> tuple[l
     return rows[:limit], len(rows) > limit
 
 
+def post_archived(post_id: str) -> bool:
+    """Return whether a post with this id is archived."""
+    return Post.select().where(Post.id == post_id).exists()
+
+
 def unread_count(group: str, username: str, marker: int) -> int:
     """Return how many posts above ``marker`` were sent by someone other than ``username``."""
     return Post.select().where((Post.group == group) & (Post.seq > marker) & (Post.sender != username)).count()
