@@ -122,6 +122,11 @@ def encode_mail(mail: Mail) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def _is_version(value: object) -> bool:
+    """Exactly the integer 1: ``true`` and ``1.0`` compare equal to 1 in Python but are not it."""
+    return type(value) is int and value == SCHEMA_VERSION
+
+
 def _string_list(document: dict, name: str, limits: Limits) -> tuple[str, ...]:
     value = document.get(name, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -141,7 +146,7 @@ def _string(document: dict, name: str, *, optional: bool = False) -> str | None:
 def decode_mail(body: bytes, limits: Limits = Limits()) -> Mail:
     """Parse and validate a version-1 mail body; raise WireError saying why it is unusable."""
     document = _load_object(body)
-    if document.get("v") != SCHEMA_VERSION or document.get("kind") != "mail":
+    if not _is_version(document.get("v")) or document.get("kind") != "mail":
         raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind=mail")
     try:
         message_id = rules.canonical_message_id(_string(document, "id"))
@@ -255,7 +260,7 @@ def _load_object(body: bytes) -> dict:
 def decode_post(body: bytes, limits: Limits = Limits()) -> Post:
     """Parse and validate a version-1 post body; raise WireError saying why it is unusable."""
     document = _load_object(body)
-    if document.get("v") != SCHEMA_VERSION or document.get("kind") != "post":
+    if not _is_version(document.get("v")) or document.get("kind") != "post":
         raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind=post")
     try:
         post_id = rules.canonical_message_id(_string(document, "id"))

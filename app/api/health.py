@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from app.api.openapi import documented
+from app.api.problems import error_response
 from app.api.requests import services
 from app.api.schemas import Health
 from app.store.db import TRANSIENT_ERRORS, database_proxy
@@ -20,7 +21,7 @@ def healthz():
 
 
 @bp.get("/readyz")
-@documented("Broker and database are reachable", responses={200: Health, 503: Health})
+@documented("Broker and database are reachable", responses={200: Health}, errors=(503,))
 def readyz():
     """Answer 200 when the broker connection is up and the database answers, else 503."""
     checks = {}
@@ -31,5 +32,7 @@ def readyz():
         checks["database"] = "ok"
     except TRANSIENT_ERRORS:
         checks["database"] = "unreachable"
-    ready = all(value == "ok" for value in checks.values())
-    return {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    if all(value == "ok" for value in checks.values()):
+        return {"status": "ok", "checks": checks}
+    failing = ", ".join(name for name, value in checks.items() if value != "ok")
+    return error_response(503, "not_ready", "Service unavailable", f"unreachable: {failing}", checks=checks)

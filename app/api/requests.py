@@ -103,13 +103,10 @@ def limit_param() -> int:
     value = request.args.get("limit")
     if value is None:
         return DEFAULT_LIMIT
-    try:
-        limit = int(value)
-    except ValueError:
-        raise BadRequest("invalid_parameter", "'limit' must be a positive integer") from None
-    if limit <= 0:
+    # Plain ASCII digits only, as for cursors: int() would also take "+5", " 5" or "٣".
+    if not (value.isascii() and value.isdigit()) or int(value) <= 0:
         raise BadRequest("invalid_parameter", "'limit' must be a positive integer")
-    return min(limit, MAX_LIMIT)
+    return min(int(value[:6]), MAX_LIMIT) if len(value) <= 6 else MAX_LIMIT
 
 
 def bool_param(name: str) -> bool:
