@@ -139,7 +139,7 @@ class Publisher:
                 thread = threading.Thread(target=loop.run_forever, name=f"{self.name}-amqp", daemon=True)
                 thread.start()
                 state = _LoopState(self.amqp_url, f"{self.name}-{pid}")
-                asyncio.run_coroutine_threadsafe(state.start(), loop)
+                state.starting = asyncio.run_coroutine_threadsafe(state.start(), loop)
                 self._loop, self._state, self._pid = loop, state, pid
             return self._loop, self._state  # type: ignore[return-value]
 
@@ -157,6 +157,7 @@ class _LoopState:
         self.exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.ready = asyncio.Event()
         self.closing = False
+        self.starting: concurrent.futures.Future | None = None
         self.down_since: float | None = time.monotonic()
         # aiormq matches returned messages to publishes by message id; two publishes of
         # one id in flight on a channel can leave a confirm unresolved (aio-pika #689).
@@ -164,12 +165,18 @@ class _LoopState:
 
     async def start(self) -> None:
         """Connect (retrying until the broker answers), open a confirming channel, declare."""
-        self.connection = await aio_pika.connect_robust(
+        def keep(*args: Any, **kwargs: Any) -> aio_pika.RobustConnection:
+            # Hold the connection before it is up, so that close() can stop its retries.
+            self.connection = aio_pika.RobustConnection(*args, **kwargs)
+            return self.connection
+
+        await aio_pika.connect_robust(
             self.url,
             fail_fast=False,
             reconnect_interval=1,
             timeout=5,
             client_properties={"connection_name": self.connection_name},
+            connection_class=keep,
         )
         self.connection.close_callbacks.add(self._on_down)
         self.connection.reconnect_callbacks.add(self._on_up)
@@ -266,7 +273,9 @@ class _LoopState:
             raise PublishFailed(f"broker operation failed: {exc!r}") from None
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (or stop trying to open it)."""
         self.closing = True
+        if self.starting is not None and not self.starting.done():
+            self.starting.cancel()
         if self.connection is not None:
             await self.connection.close()
