@@ -147,8 +147,10 @@ def subscription_queue_specs(sid: str) -> tuple[QueueSpec, QueueSpec]:
         subscription_queue(sid),
         arguments={
             "x-queue-type": "quorum",
-            # AMQP consumers that keep failing a post: the broker dead-letters it.
-            "x-delivery-limit": SUBSCRIPTION_MAX_DELIVERIES,
+            # AMQP consumers that keep failing a post: the broker dead-letters it. RabbitMQ
+            # dead-letters when the redelivery count *exceeds* the limit, so N deliveries
+            # in all means a limit of N - 1.
+            "x-delivery-limit": SUBSCRIPTION_MAX_DELIVERIES - 1,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": subscription_dead_routing_key(sid),
             "x-dead-letter-strategy": "at-least-once",

@@ -28,6 +28,12 @@ from app.store.post_archive import stored_post
 from config import topology
 
 BROKER_TIMEOUT = 10.0
+#: Posts taken (and acked) per broker operation of a pull. Each operation closes its channel
+#: right after its acks, and a quorum queue loses acks that are still queued in the channel
+#: when it closes: RabbitMQ sends at most ``quorum_commands_soft_limit`` (32 by default)
+#: settlements to the queue at once and keeps the rest in the channel (rabbitmq-server#10327);
+#: lost acks mean posts delivered again. Staying well under the limit keeps every ack.
+TAKE_CHUNK = 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,15 @@ def delivery_count(headers: dict[str, Any] | None) -> int:
     return ours + broker + 1
 
 
+def _shares_queues(sid: str) -> bool:
+    """Whether a subscription's queue names clash with ``sid``'s (``x``'s dead letters and
+    ``x.dead``'s posts would be one queue)."""
+    dead = ".dead"
+    if sid.endswith(dead) and store.find_subscription(sid[: -len(dead)]) is not None:
+        return True
+    return store.find_subscription(sid + dead) is not None
+
+
 class SubscriptionService:
     """Subscriber ids: declare, describe, delete, pull and ack."""
 
@@ -94,10 +109,14 @@ class SubscriptionService:
         """Create or update subscriber id ``sid`` over ``group_names``; return it and whether new."""
         if not rules.is_subscriber_id(sid):
             raise Invalid("invalid_subscriber_id", "a subscriber id is 2-64 of a-z 0-9 . _ - and starts with a letter or digit")
-        wanted = self._wanted(caller, group_names, topics or {})
+        # Someone else's id first (the contract: PUT on it is 403 whatever the body asks for).
         existing = store.find_subscription(sid)
         if existing is not None and existing.owner != caller:
             raise Forbidden("subscription_taken", f"the subscriber id {sid!r} belongs to someone else; pick another")
+        if existing is None and _shares_queues(sid):
+            # "x.dead"'s queue is "x"'s dead-letter queue: one of them would read the other's posts.
+            raise Forbidden("subscription_taken", f"the queues of subscriber id {sid!r} are taken; pick another")
+        wanted = self._wanted(caller, group_names, topics or {})
         subscription, created = store.claim_subscription(sid, caller)
         if subscription.owner != caller:
             raise Forbidden("subscription_taken", f"the subscriber id {sid!r} belongs to someone else; pick another")
@@ -217,7 +236,18 @@ class SubscriptionService:
                 item.pop("kind", None)
             return shown
 
-        return self._broker(subscriber_queues.take(sid, maximum, wait, keep), timeout=wait + BROKER_TIMEOUT)
+        # At most TAKE_CHUNK posts per broker operation (each on a channel of its own): the
+        # long poll waits for the first chunk, the rest is taken without waiting.
+        taken: list[dict] = []
+        while len(taken) < maximum:
+            chunk = min(TAKE_CHUNK, maximum - len(taken))
+            first = not taken
+            got = self._broker(subscriber_queues.take(sid, chunk, wait if first else 0.0, keep),
+                               timeout=(wait if first else 0.0) + BROKER_TIMEOUT)
+            taken += got
+            if len(got) < chunk:
+                break  # the queue is empty (or held posts the caller may no longer read)
+        return taken
 
     def ack(self, caller: str, sid: str, ack_ids: list[str]) -> tuple[list[str], list[str]]:
         """Acknowledge leased posts; unknown, repeated or expired ack ids come back as expired."""
