@@ -75,9 +75,9 @@ def _owns_queue(username: str, queue: str) -> bool:
     if not queue.startswith(_SUB_PREFIX):
         return False
     sid = queue[len(_SUB_PREFIX):]
-    if sid.endswith(".dead"):
+    # The queue of a subscriber id ending in ".dead" before the dead letters of the id without it.
+    found = subscriptions.find_subscription(sid) if rules.is_subscriber_id(sid) else None
+    if found is None and sid.endswith(".dead"):
         sid = sid[: -len(".dead")]
-    if not rules.is_subscriber_id(sid):
-        return False
-    found = subscriptions.find_subscription(sid)
+        found = subscriptions.find_subscription(sid) if rules.is_subscriber_id(sid) else None
     return found is not None and found.owner == username
