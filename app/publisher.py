@@ -221,7 +221,9 @@ class _LoopState:
         except aio_pika.exceptions.DeliveryError:
             raise PublishFailed("the broker refused the message (nack)") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise PublishFailed(f"broker connection failed: {exc!r}") from None
+            # The client gets a plain reason; the broker's own words (queue names...) go to the log.
+            logger.warning("publish of %s failed: %r", message.message_id, exc)
+            raise PublishFailed("the connection to the broker failed") from None
 
     async def _publish(self, message: Outgoing, deadline: float) -> None:
         while message.message_id in self.in_flight:
@@ -270,7 +272,8 @@ class _LoopState:
         except asyncio.TimeoutError:
             raise PublishFailed("the broker did not answer in time") from None
         except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
-            raise PublishFailed(f"broker operation failed: {exc!r}") from None
+            logger.warning("broker operation failed: %r", exc)
+            raise PublishFailed("the broker refused or dropped the operation") from None
 
     async def close(self) -> None:
         """Close the connection (or stop trying to open it)."""

@@ -124,7 +124,12 @@ class SubscriptionService:
         old_keys = {k for g, t in old.items() for k in topology.binding_keys(g, t)}
         new_keys = {k for g, t in wanted.items() for k in topology.binding_keys(g, t)}
         # Bind before recording, so a subscription in the database always receives.
-        self._broker(subscriber_queues.rebind(sid, sorted(new_keys - old_keys), sorted(old_keys - new_keys)))
+        try:
+            self._broker(subscriber_queues.rebind(sid, sorted(new_keys - old_keys), sorted(old_keys - new_keys)))
+        except Unavailable:
+            if created:  # never leave the caller holding an id whose queue does not exist
+                store.delete_subscription(sid)
+            raise
         store.set_subscription_groups(sid, wanted)
         if created and start == "earliest":
             self._replay(sid, wanted)
