@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any, Iterator
@@ -91,3 +92,23 @@ def check_characters(document: Any) -> None:
 def utf8_length(text: str) -> int:
     """Return the length of ``text`` in UTF-8 bytes."""
     return len(text.encode("utf-8"))
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse UTF-8 JSON text whose strings are all valid Unicode without NUL.
+
+    Raises RuleError ``invalid_encoding``, ``invalid_json`` (also for nesting too deep for
+    the parser) or ``invalid_character``; the API and the workers read JSON with this.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RuleError("invalid_encoding", f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise RuleError("invalid_json", "the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise RuleError("invalid_json", f"the body is not valid JSON: {exc}") from None
+    check_characters(document)
+    return document

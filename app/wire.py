@@ -174,13 +174,6 @@ def decode_mail(body: bytes, limits: Limits = Limits()) -> Mail:
     return mail
 
 
-def _check_characters(document: Any) -> None:
-    try:
-        rules.check_characters(document)
-    except rules.RuleError as exc:
-        raise WireError(exc.code, exc.detail) from None
-
-
 def check_limits(mail: Mail, limits: Limits, error: type[rules.RuleError] = rules.RuleError) -> None:
     """Raise ``error`` when ``mail`` has no recipient or breaks a size limit."""
     recipients = mail.recipients()
@@ -242,18 +235,11 @@ def encode_post(post: Post) -> bytes:
 
 def _load_object(body: bytes) -> dict:
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WireError("invalid_encoding", f"body is not UTF-8: {exc}") from None
-    try:
-        document = json.loads(text)
-    except RecursionError:
-        raise WireError("invalid_json", "JSON nested too deeply") from None
-    except ValueError as exc:
-        raise WireError("invalid_json", f"body is not JSON: {exc}") from None
+        document = rules.parse_json(body)
+    except rules.RuleError as exc:
+        raise WireError(exc.code, exc.detail) from None
     if not isinstance(document, dict):
         raise WireError("invalid_schema", "body must be a JSON object")
-    _check_characters(document)
     return document
 
 

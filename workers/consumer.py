@@ -29,6 +29,7 @@ import aio_pika
 import aio_pika.abc
 import peewee
 
+from app import wire
 from app.rules import RuleError
 from app.store.archive import Outcome
 from app.store.db import TRANSIENT_ERRORS, database_proxy, reset_connection
@@ -65,6 +66,7 @@ class BatchConsumer(Generic[Item]):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.limits = wire.Limits(settings.max_body_bytes, settings.max_subject_chars, settings.max_recipients)
         self.stopping = asyncio.Event()
         self.cancelled = asyncio.Event()
         # One thread: the database connection lives there, and a batch commits at a time.
@@ -73,24 +75,27 @@ class BatchConsumer(Generic[Item]):
 
     # -- what subclasses provide ----------------------------------------------------------
 
-    def decode(self, message: aio_pika.abc.AbstractIncomingMessage) -> Item:
-        """Return the item of a message, or raise RuleError saying why it is unusable."""
+    def parse(self, body: bytes) -> Item:
+        """Return the item in a message body, or raise RuleError saying why it is unusable."""
         raise NotImplementedError
 
     def store(self, items: Sequence[Item]) -> list[Outcome]:
         """Store ``items`` in one transaction (runs in the database thread)."""
         raise NotImplementedError
 
-    def check_sender(self, message: aio_pika.abc.AbstractIncomingMessage, sender: str) -> None:
-        """Raise RuleError unless the broker vouches for ``sender``.
+    def decode(self, message: aio_pika.abc.AbstractIncomingMessage) -> Item:
+        """Parse a message and check its envelope: the id it travels under and its sender.
 
         RabbitMQ rejects a publish whose ``user_id`` is not the publishing connection's user,
         so ``user_id`` is verified: a service user may send for anyone, anyone else only as
         themself (AMQP applications logged in with their Postroom identity).
         """
-        if message.user_id in self.settings.trusted_publishers() or message.user_id == sender:
-            return
-        raise RuleError("unverified_sender", f"user_id {message.user_id!r} may not send as {sender!r}")
+        item = self.parse(message.body)
+        if message.message_id is not None and message.message_id != item.id:
+            raise RuleError("id_mismatch", "the AMQP message_id differs from the body's id")
+        if message.user_id not in self.settings.trusted_publishers() and message.user_id != item.sender:
+            raise RuleError("unverified_sender", f"user_id {message.user_id!r} may not send as {item.sender!r}")
+        return item
 
     async def after_store(self, outcomes: Sequence[Outcome]) -> None:
         """Act on what was stored, before the batch is acked (a failure means redelivery)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import aio_pika.abc
-
 from app import wire
 from app.store.archive import Outcome, archive_mails
 from config import topology
@@ -20,16 +18,9 @@ class MailArchiveConsumer(BatchConsumer[wire.Mail]):
     queue_name = topology.MAIL_ARCHIVE_QUEUE
     dead_routing_key = topology.MAIL_DEAD_ROUTING_KEY
 
-    def decode(self, message: aio_pika.abc.AbstractIncomingMessage) -> wire.Mail:
+    def parse(self, body: bytes) -> wire.Mail:
         """Parse the version-1 mail schema."""
-        limits = wire.Limits(
-            self.settings.max_body_bytes, self.settings.max_subject_chars, self.settings.max_recipients
-        )
-        mail = wire.decode_mail(message.body, limits)
-        if message.message_id is not None and message.message_id != mail.id:
-            raise wire.WireError("id_mismatch", "the AMQP message_id differs from the body's id")
-        self.check_sender(message, mail.sender)
-        return mail
+        return wire.decode_mail(body, self.limits)
 
     def store(self, items: Sequence[wire.Mail]) -> list[Outcome]:
         """Archive a batch of mails in one transaction."""

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Sequence
 
 import aio_pika
-import aio_pika.abc
 
 from app import wire
 from app.store.archive import Outcome
@@ -28,15 +27,11 @@ class GroupPostConsumer(BatchConsumer[wire.Post]):
     queue_name = topology.POSTS_ARCHIVE_QUEUE
     dead_routing_key = topology.POSTS_DEAD_ROUTING_KEY
 
-    def decode(self, message: aio_pika.abc.AbstractIncomingMessage) -> wire.Post:
+    def parse(self, body: bytes) -> wire.Post:
         """Parse the version-1 post schema (without ``seq``: the archive assigns it)."""
-        limits = wire.Limits(self.settings.max_body_bytes, self.settings.max_subject_chars, self.settings.max_recipients)
-        post = wire.decode_post(message.body, limits)
+        post = wire.decode_post(body, self.limits)
         if post.seq is not None:
             raise wire.WireError("invalid_schema", "'seq' is assigned by the archive, not by the sender")
-        if message.message_id is not None and message.message_id != post.id:
-            raise wire.WireError("id_mismatch", "the AMQP message_id differs from the body's id")
-        self.check_sender(message, post.sender)
         return post
 
     def store(self, items: Sequence[wire.Post]) -> list[Outcome]:

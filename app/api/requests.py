@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any, Callable, TypeVar
 
 from flask import current_app, g, request
@@ -61,19 +60,10 @@ def json_body(model: type[ModelT]) -> ModelT:
         # LimitedStream.readall): a byte beyond it means the request was too large.
         raise RequestEntityTooLarge()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest("invalid_encoding", f"the body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        document = json.loads(text)
-    except RecursionError:
-        raise BadRequest("invalid_json", "the JSON is nested too deeply") from None
-    except ValueError as exc:
-        raise BadRequest("invalid_json", f"the body is not valid JSON: {exc}") from None
-    try:
-        rules.check_characters(document)
+        document = rules.parse_json(raw)
     except rules.RuleError as exc:
-        raise Invalid(exc.code, exc.detail) from None
+        # Not JSON at all is a bad request (400); JSON with forbidden characters breaks a rule (422).
+        raise (Invalid if exc.code == "invalid_character" else BadRequest)(exc.code, exc.detail) from None
     if not isinstance(document, dict):
         raise Invalid("invalid_request", "the body must be a JSON object")
     try:

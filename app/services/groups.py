@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from app import rules, wire
-from app.publisher import Outgoing, PublishFailed, Publisher
-from app.services.errors import Conflict, Forbidden, Invalid, NotFound, PayloadTooLarge, Unavailable
-from app.store import accounts, groups, idempotency
+from app.publisher import Outgoing, Publisher
+from app.services import sending
+from app.services.errors import Conflict, Forbidden, Invalid, NotFound
+from app.store import accounts, groups
 from app.store.models import Group
 from app.store.post_archive import stored_post
 from config import topology
@@ -148,34 +149,23 @@ class GroupService:
         self._member(caller, name)
         if draft.topic is not None and not rules.is_topic(draft.topic):
             raise Invalid("invalid_topic", "a topic is 1-64 of a-z 0-9 _ - and starts with a letter or digit")
-        in_reply_to = draft.in_reply_to
-        if in_reply_to is not None:
-            try:
-                in_reply_to = rules.canonical_message_id(in_reply_to)
-            except rules.RuleError as exc:
-                raise Invalid("invalid_message_id", f"in_reply_to: {exc.detail}") from None
         post = wire.Post(rules.new_message_id(), name, caller, draft.body, draft.subject, draft.topic,
-                         in_reply_to, datetime.now(timezone.utc))
+                         sending.reply_target(draft.in_reply_to), datetime.now(timezone.utc))
         try:
             wire.check_post_limits(post, self.limits)
         except rules.RuleError as exc:
-            raise (PayloadTooLarge if exc.code == "payload_too_large" else Invalid)(exc.code, exc.detail) from None
+            raise sending.limit_error(exc) from None
         if idempotency_key is not None:
-            record = idempotency.remember_key(caller, idempotency_key, post.content_hash(), post.id,
-                                              self.idempotency_ttl_seconds)
-            if record.request_hash != post.content_hash():
-                raise Invalid("idempotency_key_reused", "this Idempotency-Key was used for a different request")
-            if record.message_id != post.id and groups.post_archived(record.message_id):
+            original = sending.keyed_id(caller, idempotency_key, post.content_hash(), post.id,
+                                        self.idempotency_ttl_seconds)
+            if original != post.id and groups.post_archived(original):
                 # A retry of a post that is archived, so already on its way to subscribers
                 # (the worker publishes it before its ack): publishing it again would deliver
                 # it to every subscriber id a second time.
-                return record.message_id
-            post = dataclasses.replace(post, id=record.message_id)
-        try:
-            self.publisher.publish(Outgoing(topology.GROUPS_EXCHANGE, topology.post_routing_key(name, post.topic),
-                                            wire.encode_post(post), post.id, wire.POST_TYPE))
-        except PublishFailed as exc:
-            raise Unavailable("broker_unavailable", f"the post was not accepted: {exc.reason}; retry later") from None
+                return original
+            post = dataclasses.replace(post, id=original)
+        sending.publish(self.publisher, Outgoing(topology.GROUPS_EXCHANGE, topology.post_routing_key(name, post.topic),
+                                                 wire.encode_post(post), post.id, wire.POST_TYPE))
         return post.id
 
     def history(self, caller: str, name: str, after: int, limit: int, topic: str | None) -> tuple[list[dict], str | None]:

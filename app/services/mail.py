@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from app import rules, wire
-from app.publisher import Outgoing, PublishFailed, Publisher
-from app.services.errors import Conflict, Invalid, NotFound, PayloadTooLarge, Unavailable
+from app.publisher import Outgoing, Publisher
+from app.services import sending
+from app.services.errors import Conflict, Invalid, NotFound
 from app.store import accounts, idempotency, mailbox
 from config import topology
 
@@ -83,32 +84,20 @@ class MailService:
             if holder != sender or digest != mail.content_hash():
                 raise Conflict("id_conflict", f"message {mail.id} exists with other content")
         elif idempotency_key is not None:
-            record = idempotency.remember_key(
-                sender, idempotency_key, mail.content_hash(), mail.id, self.idempotency_ttl_seconds
-            )
-            if record.request_hash != mail.content_hash():
-                raise Invalid("idempotency_key_reused", "this Idempotency-Key was used for a different request")
-            # A retry re-publishes under the original id: the archive stores each id once,
-            # so a first attempt whose outcome the client never learned is not duplicated.
-            mail = dataclasses.replace(mail, id=record.message_id)
+            original = sending.keyed_id(sender, idempotency_key, mail.content_hash(), mail.id,
+                                        self.idempotency_ttl_seconds)
+            mail = dataclasses.replace(mail, id=original)
         self._publish(mail)
         return mail.id
 
     def _build(self, sender: str, draft: Draft, message_id: str) -> wire.Mail:
         to, cc, bcc = wire.normalize_recipients(draft.to, draft.cc, draft.bcc)
-        in_reply_to = draft.in_reply_to
-        if in_reply_to is not None:
-            try:
-                in_reply_to = rules.canonical_message_id(in_reply_to)
-            except rules.RuleError as exc:
-                raise Invalid("invalid_message_id", f"in_reply_to: {exc.detail}") from None
-        mail = wire.Mail(message_id, sender, to, cc, bcc, draft.subject, draft.body, in_reply_to,
-                         datetime.now(timezone.utc))
+        mail = wire.Mail(message_id, sender, to, cc, bcc, draft.subject, draft.body,
+                         sending.reply_target(draft.in_reply_to), datetime.now(timezone.utc))
         try:
             wire.check_limits(mail, self.limits)
         except rules.RuleError as exc:
-            error = PayloadTooLarge if exc.code == "payload_too_large" else Invalid
-            raise error(exc.code, exc.detail) from None
+            raise sending.limit_error(exc) from None
         unknown = sorted(set(mail.recipients()) - accounts.existing_usernames(mail.recipients()))
         if unknown:
             raise Invalid(
@@ -119,17 +108,9 @@ class MailService:
         return mail
 
     def _publish(self, mail: wire.Mail) -> None:
-        outgoing = Outgoing(
-            exchange=topology.MAIL_EXCHANGE,
-            routing_key=topology.MAIL_ROUTING_KEY,
-            body=wire.encode_mail(mail),
-            message_id=mail.id,
-            type=wire.MAIL_TYPE,
-        )
-        try:
-            self.publisher.publish(outgoing)
-        except PublishFailed as exc:
-            raise Unavailable("broker_unavailable", f"the message was not accepted: {exc.reason}; retry later") from None
+        outgoing = Outgoing(topology.MAIL_EXCHANGE, topology.MAIL_ROUTING_KEY, wire.encode_mail(mail), mail.id,
+                            wire.MAIL_TYPE)
+        sending.publish(self.publisher, outgoing)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from app import rules, subscriber_queues, wire
 from app.publisher import Outgoing, PublishFailed, Publisher
+from app.services import sending
 from app.services.errors import Forbidden, Invalid, NotFound, Unavailable
 from app.services.groups import GroupService
 from app.store import groups as group_store
@@ -164,10 +165,7 @@ class SubscriptionService:
                 after = rows[-1].seq
 
     def _publish(self, outgoing: Outgoing) -> None:
-        try:
-            self.publisher.publish(outgoing)
-        except PublishFailed as exc:
-            raise Unavailable("broker_unavailable", f"the broker did not take a post: {exc.reason}") from None
+        sending.publish(self.publisher, outgoing)
 
     # -- read / delete --------------------------------------------------------------------------
 
