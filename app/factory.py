@@ -47,10 +47,11 @@ def build_services(settings: Settings, publisher: Publisher | None = None) -> Se
     publisher = publisher or Publisher(settings.amqp_url, settings.publish_timeout_seconds)
     signer = TokenSigner(settings.secret_keys, settings.token_ttl_seconds, settings.token_clock_skew_seconds)
     hasher = PasswordHasher(time_cost=settings.password_time_cost, memory_cost=settings.password_memory_cost_kib)
+    reserved = settings.trusted_publishers()
     if settings.auth_url:
-        accounts = RemoteAccountService(settings.auth_url, signer, hasher)
+        accounts = RemoteAccountService(settings.auth_url, signer, hasher, reserved)
     else:
-        accounts = AccountService(signer, hasher)
+        accounts = AccountService(signer, hasher, reserved)
     limits = wire.Limits(settings.max_body_bytes, settings.max_subject_chars, settings.max_recipients)
     groups = GroupService(publisher, limits, settings.idempotency_ttl_seconds)
     subscriptions = SubscriptionService(publisher, groups, settings.lease_seconds)

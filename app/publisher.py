@@ -40,6 +40,10 @@ class PublishFailed(Exception):
         self.reason = reason
 
 
+class NotOnBroker(PublishFailed):
+    """An operation named a queue or exchange that does not exist (AMQP 404)."""
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A message to publish, already encoded to the wire schema."""
@@ -162,6 +166,13 @@ class _LoopState:
         # aiormq matches returned messages to publishes by message id; two publishes of
         # one id in flight on a channel can leave a confirm unresolved (aio-pika #689).
         self.in_flight: dict[str, asyncio.Future] = {}
+        # Set when a publish got no confirm in time; cleared by the next confirm or a new
+        # connection. Meanwhile publishes fail at once, sending nothing, and a probe of our
+        # own waits for the broker: one that stops confirming (a memory or disk alarm blocks
+        # publishers) would otherwise hold every request thread for the whole timeout, and
+        # the requests queued behind them would answer after twice that or more.
+        self.stalled_since: float | None = None
+        self.probe: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Connect (retrying until the broker answers), open a confirming channel, declare."""
@@ -200,6 +211,7 @@ class _LoopState:
 
     def _on_up(self, *_: Any) -> None:
         self.down_since = None
+        self.stalled_since = None
         logger.info("publisher %s reconnected", self.connection_name)
 
     def connected(self) -> bool:
@@ -212,9 +224,12 @@ class _LoopState:
         if not self.connected() and self.down_since is not None and time.monotonic() - self.down_since > timeout:
             # Known to be down for longer than a publish may wait: fail now, not in 5 s.
             raise PublishFailed("the broker is unreachable")
+        if self.stalled_since is not None:
+            raise PublishFailed("the broker is not confirming publishes; nothing was sent")
         try:
             await asyncio.wait_for(self._publish(message, deadline), timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
+            self._stalled(timeout)
             raise PublishFailed("the broker did not confirm in time") from None
         except aio_pika.exceptions.PublishError:
             raise PublishFailed("the message was returned unroutable") from None
@@ -224,6 +239,32 @@ class _LoopState:
             # The client gets a plain reason; the broker's own words (queue names...) go to the log.
             logger.warning("publish of %s failed: %r", message.message_id, exc)
             raise PublishFailed("the connection to the broker failed") from None
+        self.stalled_since = None  # confirmed: whatever stalled the broker is over
+
+    def _stalled(self, timeout: float) -> None:
+        """A publish got no confirm in time: fail the next ones at once until the probe is confirmed."""
+        if self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+            logger.warning("publisher %s: no confirm within %.1f s; refusing publishes until the broker confirms",
+                           self.connection_name, timeout)
+        if self.probe is None or self.probe.done():
+            self.probe = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """Publish an empty message that routes nowhere and is not mandatory (the broker
+        confirms and drops it) until one is confirmed; then let publishes through again."""
+        while self.stalled_since is not None and not self.closing:
+            try:
+                await self.exchanges[topology.MAIL_EXCHANGE].publish(
+                    aio_pika.Message(b""), routing_key=topology.PROBE_ROUTING_KEY, mandatory=False)
+            except Exception:  # the connection broke: a reconnect ends the stall too
+                logger.debug("probe publish failed", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if self.stalled_since is not None:
+                logger.info("publisher %s: the broker confirms again after %.1f s", self.connection_name,
+                            time.monotonic() - self.stalled_since)
+                self.stalled_since = None
 
     async def _publish(self, message: Outgoing, deadline: float) -> None:
         while message.message_id in self.in_flight:
@@ -271,6 +312,8 @@ class _LoopState:
             return await asyncio.wait_for(run(), timeout=timeout)
         except asyncio.TimeoutError:
             raise PublishFailed("the broker did not answer in time") from None
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise NotOnBroker("no such queue or exchange") from None
         except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
             logger.warning("broker operation failed: %r", exc)
             raise PublishFailed("the broker refused or dropped the operation") from None
@@ -280,5 +323,7 @@ class _LoopState:
         self.closing = True
         if self.starting is not None and not self.starting.done():
             self.starting.cancel()
+        if self.probe is not None and not self.probe.done():
+            self.probe.cancel()
         if self.connection is not None:
             await self.connection.close()

@@ -1,7 +1,9 @@
 """Broker-side operations on subscriber-id queues, run through the publisher's connection.
 
 Each function takes a channel of its own (see :meth:`Publisher.call`), so an error that
-closes the channel (say, a queue deleted under us) cannot disturb other requests.
+closes the channel (say, a queue deleted under us) cannot disturb other requests. Only
+``declare`` and ``rebind`` (PUT of the subscription) create queues; everything else looks
+them up passively, so nothing recreates the queues of a subscription being deleted.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def depth(sid: str) -> Callable[[Any], Awaitable[int]]:
     """Return how many posts wait (ready) in ``sid``'s queue."""
 
     async def operation(channel: Any) -> int:
-        queue = await _declare(channel, sid)
+        queue = await channel.declare_queue(topology.subscription_queue(sid), passive=True)
         return queue.declaration_result.message_count
 
     return operation
@@ -82,7 +84,8 @@ def take(
     """
 
     async def operation(channel: Any) -> list[Any]:
-        queue = await _declare(channel, sid)
+        # Passive: a pull racing a DELETE must not declare the queue again (an orphan).
+        queue = await channel.declare_queue(topology.subscription_queue(sid), passive=True)
         deadline = time.monotonic() + wait
         pause = 0.01
         messages: list[Any] = []
@@ -110,7 +113,6 @@ def peek_dead(sid: str, limit: int) -> Callable[[Any], Awaitable[list[tuple[byte
     """Return up to ``limit`` dead letters of ``sid`` without removing them."""
 
     async def operation(channel: Any) -> list[tuple[bytes, dict]]:
-        await _declare(channel, sid)
         queue = await channel.declare_queue(topology.subscription_dead_queue(sid), passive=True)
         seen = []
         for _ in range(limit):

@@ -14,6 +14,9 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = None
+# gunicorn's control socket has one default path per user: the web and auth processes of
+# `make run` would fight over it, and nothing here uses it.
+control_socket_disable = True
 errorlog = "-"
 loglevel = os.environ.get("POSTROOM_LOG_LEVEL", "info").lower()
 # The publisher connects lazily in each worker after fork, so preload is safe (case C6).

@@ -50,7 +50,12 @@ def _http_error(error: HTTPException) -> Response:
     detail = error.description or error.name
     if status == 413:
         detail = "the request is larger than the server accepts"
+        # The rest of the body is never read: the connection cannot carry another request.
+        headers = {"Connection": "close"}
+    else:
+        headers = {}
     response = error_response(status, code, error.name, detail)
+    response.headers.update(headers)
     if status == 405 and getattr(error, "valid_methods", None):
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response
@@ -70,8 +75,15 @@ def _unexpected(error: Exception) -> Response:
     return error_response(500, "internal_error", "Internal server error", "an unexpected error occurred")
 
 
+def _no_body_no_type(response: Response) -> Response:
+    if response.status_code == 204:
+        response.headers.pop("Content-Type", None)
+    return response
+
+
 def init_app(app: Flask) -> None:
     """Register the handlers that make every error problem+json."""
+    app.after_request(_no_body_no_type)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
     for error_class in TRANSIENT_ERRORS:

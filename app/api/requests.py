@@ -53,7 +53,10 @@ def json_body(model: type[ModelT]) -> ModelT:
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("unsupported_media_type", "JSON bodies must be UTF-8")
-    raw = request.get_data(cache=True)  # werkzeug enforces MAX_CONTENT_LENGTH here (413)
+    try:
+        raw = request.get_data(cache=True)  # werkzeug enforces MAX_CONTENT_LENGTH here (413)
+    except (OSError, ValueError):  # the server could not read the body (e.g. a bad chunk size)
+        raise BadRequest("malformed_body", "the request body could not be read") from None
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit and request.input_stream.read(1):
         # A streamed (chunked) body is cut at the limit without an error (werkzeug's

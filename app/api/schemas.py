@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -190,7 +190,8 @@ class SubscriptionIn(Strict):
     """``PUT /v1/subscriptions/{sid}``."""
 
     groups: list[str] = Field(min_length=1, max_length=100)
-    topics: dict[str, list[str]] | None = Field(default=None, description="per group: topic names or '*'")
+    topics: dict[str, Annotated[list[str], Field(max_length=50)]] | None = Field(
+        default=None, description="per group: up to 50 topic names, or '*'")
     start: Literal["latest", "earliest"] = "latest"
 
 

@@ -27,7 +27,7 @@ def register():
     """Create a user account."""
     data = json_body(NewUser)
     user = services().accounts.register(data.username, data.password, data.display_name)
-    return _user_json(user), 201, {"Location": f"/v1/users/{user.username}"}
+    return _user_json(user), 201
 
 
 @bp.get("/me")
@@ -48,7 +48,7 @@ def me():
 @bp.put("/me/password")
 @authenticated
 @documented("Change your password; every one of your tokens stops working", body=PasswordChange,
-            responses={204: None})
+            responses={204: None}, errors=(403,))
 def change_password():
     """Change the caller's password."""
     data = json_body(PasswordChange)

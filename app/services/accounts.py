@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from app.services.errors import Conflict, Unauthorized
+from app.services.errors import Conflict, Forbidden, Unauthorized
 from app.services.tokens import TokenInvalid, TokenSigner
 from app.store import accounts as store
 from app.store.models import User
@@ -33,14 +33,19 @@ class Caller:
 class AccountService:
     """Registers users, checks passwords (argon2id) and issues and checks tokens."""
 
-    def __init__(self, signer: TokenSigner, hasher: PasswordHasher) -> None:
+    def __init__(self, signer: TokenSigner, hasher: PasswordHasher, reserved: frozenset[str] = frozenset()) -> None:
         self.signer = signer
         self.hasher = hasher
+        # Broker users of Postroom's own processes: the archive trusts them to send for
+        # anyone, so no Postroom account may ever carry one of these names.
+        self.reserved = reserved
         # Verified against for unknown users so both failures take the same time.
         self._dummy_hash = hasher.hash("postroom-dummy-password")
 
     def register(self, username: str, password: str, display_name: str | None) -> User:
-        """Create a user; raise Conflict when the name is taken."""
+        """Create a user; raise Conflict when the name is taken or reserved."""
+        if username in self.reserved:
+            raise Conflict("username_taken", f"the username {username!r} is taken")
         try:
             return store.create_user(username, display_name or username, self.hasher.hash(password))
         except store.UsernameTaken:
@@ -76,7 +81,8 @@ class AccountService:
         try:
             self.hasher.verify(user.password_hash if user else self._dummy_hash, password)
         except (VerificationError, InvalidHashError):
-            raise Unauthorized("invalid_credentials", "the current password is wrong") from None
+            # 403, not 401: the token is fine, the password it was asked to confirm is not.
+            raise Forbidden("wrong_password", "the current password is wrong") from None
         store.set_password_hash(caller.username, self.hasher.hash(new_password))
         store.revoke_all_tokens(caller.username)
 

@@ -37,7 +37,9 @@ class BrokerAccess:
     vhost: str = "/"
 
     def user(self, username: str, password: str) -> str:
-        """May ``username`` log in with this token as password?"""
+        """May ``username`` log in with this token as password? Never as a service user."""
+        if username in self.accounts.reserved:
+            return DENY
         try:
             caller = self.accounts.authenticate(password)
         except Unauthorized:

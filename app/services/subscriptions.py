@@ -12,13 +12,14 @@ See docs/subscriptions.md.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
 
 from app import rules, subscriber_queues, wire
-from app.publisher import Outgoing, PublishFailed, Publisher
+from app.publisher import NotOnBroker, Outgoing, PublishFailed, Publisher
 from app.services import sending
 from app.services.errors import Forbidden, Invalid, NotFound, Unavailable
 from app.services.groups import GroupService
@@ -29,6 +30,7 @@ from app.store.post_archive import stored_post
 from config import topology
 
 BROKER_TIMEOUT = 10.0
+logger = logging.getLogger(__name__)
 #: Posts taken (and acked) per broker operation of a pull. Each operation closes its channel
 #: right after its acks, and a quorum queue loses acks that are still queued in the channel
 #: when it closes: RabbitMQ sends at most ``quorum_commands_soft_limit`` (32 by default)
@@ -94,6 +96,9 @@ class SubscriptionService:
     def _broker(self, operation, timeout: float = BROKER_TIMEOUT):
         try:
             return self.publisher.call(operation, timeout)
+        except NotOnBroker:
+            # Its queue is gone: the subscription was deleted while this request ran.
+            raise NotFound("subscription_not_found", "no such subscription") from None
         except PublishFailed as exc:
             raise Unavailable("broker_unavailable", f"the broker did not answer: {exc.reason}") from None
 
@@ -128,8 +133,12 @@ class SubscriptionService:
         try:
             self._broker(subscriber_queues.rebind(sid, sorted(new_keys - old_keys), sorted(old_keys - new_keys)))
         except Unavailable:
-            if created:  # never leave the caller holding an id whose queue does not exist
+            if created:  # leave neither a record nor queues behind for a subscription that failed
                 store.delete_subscription(sid)
+                try:
+                    self.publisher.call(subscriber_queues.delete(sid), BROKER_TIMEOUT)
+                except PublishFailed:
+                    logger.warning("queues of the failed subscription %s could not be deleted", sid)
             raise
         store.set_subscription_groups(sid, wanted)
         if created and start == "earliest":

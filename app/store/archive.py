@@ -76,9 +76,29 @@ def _reserve_uids(database: peewee.Database, wanted: Counter) -> dict[tuple[str,
     return first
 
 
+# Multi-row INSERT statements rendered by Peewee once per (database class, model, columns,
+# row count) and then executed with fresh values: rendering one anew cost the worker about
+# as much CPU as the rest of storing a batch (bench/README.md, "Tuning").
+_INSERT_SQL: dict[tuple, str] = {}
+
+
 def _insert_chunked(model: type[peewee.Model], rows: list[dict]) -> None:
+    database = model._meta.database
+    database = getattr(database, "obj", database)  # the proxy's database
     for start in range(0, len(rows), INSERT_CHUNK):
-        model.insert_many(rows[start : start + INSERT_CHUNK]).execute()
+        chunk = rows[start : start + INSERT_CHUNK]
+        fields = [field for field in model._meta.sorted_fields if field.name in chunk[0]]
+        params = [field.db_value(row[field.name]) for row in chunk for field in fields]
+        key = (type(database), model, tuple(field.name for field in fields), len(chunk))
+        sql = _INSERT_SQL.get(key)
+        if sql is None:
+            query = model.insert_many(chunk)
+            sql, rendered = database.get_sql_context().sql(query).query()
+            if list(rendered) != params:  # not the statement we expect: let Peewee run it
+                query.execute()
+                continue
+            _INSERT_SQL[key] = sql
+        database.execute_sql(sql, params)
 
 
 def archive_mails(mails: Sequence[Mail]) -> list[Outcome]:

@@ -20,7 +20,8 @@ def test_password_change_revokes_every_token(client):
     second = bearer(client.post("/v1/tokens", json={"username": "erin", "password": "first password"})
                     .get_json()["token"])
     wrong = client.put("/v1/me/password", json={"password": "nope", "new_password": "another one"}, headers=first)
-    assert wrong.status_code == 401 and client.get("/v1/me", headers=first).status_code == 200
+    assert wrong.status_code == 403 and wrong.get_json()["code"] == "wrong_password"
+    assert client.get("/v1/me", headers=first).status_code == 200
     short = client.put("/v1/me/password", json={"password": "first password", "new_password": "short"}, headers=first)
     assert short.status_code == 422
     ok = client.put("/v1/me/password", json={"password": "first password", "new_password": "second password"},

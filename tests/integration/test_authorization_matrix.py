@@ -331,7 +331,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     )),
     ("PUT", "/v1/me/password"): Row(True, (
         *no_token(body=NEW_PASSWORD),
-        case(CAROL, 401, "invalid_credentials", body={"password": "not carol's", "new_password": "a new secret"}),
+        case(CAROL, 403, "wrong_password", body={"password": "not carol's", "new_password": "a new secret"}),
         case(ALICE, 204, body=NEW_PASSWORD), case(BOB, 204, body=NEW_PASSWORD), case(CAROL, 204, body=NEW_PASSWORD),
     )),
     # -- mail: someone else's mail is 404, never 403 ---------------------------------------------
