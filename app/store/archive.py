@@ -48,12 +48,22 @@ def _check(mail: Mail, known_hashes: dict[str, str], known_users: set[str]) -> O
     return None
 
 
-def _thread_ids(mails: Sequence[Mail]) -> dict[str, str]:
+def _thread_ids(mails: Sequence[Mail]) -> dict[tuple[str, str], str]:
+    """Return the thread of each parent a sender may see: {(sender, parent id): thread id}.
+
+    Only a parent the sender holds a copy of lends its thread; otherwise the reply starts
+    its own thread at the parent id, so a reply tells nobody whether a message exists.
+    """
     parents = {m.in_reply_to for m in mails if m.in_reply_to}
     if not parents:
         return {}
-    query = Message.select(Message.id, Message.thread_id).where(Message.id.in_(list(parents)))
-    return {row.id: row.thread_id for row in query}
+    query = (
+        MailboxEntry.select(MailboxEntry.owner, Message.id, Message.thread_id)
+        .join(Message, on=(MailboxEntry.message_id == Message.id))
+        .where(Message.id.in_(list(parents)))
+        .tuples()
+    )
+    return {(owner, message_id): thread for owner, message_id, thread in query}
 
 
 def _reserve_uids(database: peewee.Database, wanted: Counter) -> dict[tuple[str, str], int]:
@@ -118,7 +128,8 @@ def archive_mails(mails: Sequence[Mail]) -> list[Outcome]:
             outcome = _check(mail, known_hashes, known_users)
             if outcome is None:
                 known_hashes[mail.id] = mail.content_hash()  # a repeat later in this batch is a duplicate
-                threads[mail.id] = threads.get(mail.in_reply_to or "", mail.in_reply_to or mail.id)
+                parent = mail.in_reply_to
+                threads[(mail.sender, mail.id)] = threads.get((mail.sender, parent), parent) if parent else mail.id
                 accepted.append(mail)
                 outcome = STORED
             outcomes.append(outcome)
@@ -127,7 +138,7 @@ def archive_mails(mails: Sequence[Mail]) -> list[Outcome]:
     return outcomes
 
 
-def _store(database: peewee.Database, mails: list[Mail], threads: dict[str, str]) -> None:
+def _store(database: peewee.Database, mails: list[Mail], threads: dict[tuple[str, str], str]) -> None:
     now = utcnow()
     _insert_chunked(
         Message,
@@ -141,7 +152,7 @@ def _store(database: peewee.Database, mails: list[Mail], threads: dict[str, str]
                 "subject": m.subject,
                 "body": m.body,
                 "in_reply_to": m.in_reply_to,
-                "thread_id": threads[m.id],
+                "thread_id": threads[(m.sender, m.id)],
                 "sent_at": m.sent_at.replace(tzinfo=None),
                 "archived_at": now,
                 "content_hash": m.content_hash(),

@@ -205,3 +205,14 @@ def test_message_ids_from_get_are_404_for_strangers(client, people, worker):
         response = getattr(client, verb)(f"/v1/messages/{mid}", headers=people["carol"])
         assert response.status_code == 404 and response.get_json()["code"] == "message_not_found"
     assert client.get("/v1/messages/whatever", headers=people["carol"]).status_code == 404
+
+
+def test_a_reply_to_a_mail_you_never_saw_learns_nothing_of_its_thread(client, people, worker):
+    alice, bob, carol = people["alice"], people["bob"], people["carol"]
+    root = send(client, alice, to=["bob"], subject="plan", body="1").get_json()["id"]
+    archived(client, bob, root)
+    reply = send(client, bob, to=["alice"], subject="Re", body="2", in_reply_to=root).get_json()["id"]
+    assert archived(client, alice, reply)["thread_id"] == root
+    # carol was never in the thread: her reply does not reveal the thread's root.
+    nosy = send(client, carol, to=["dave"], subject="Re", body="3", in_reply_to=reply).get_json()["id"]
+    assert archived(client, carol, nosy)["thread_id"] == reply
