@@ -16,6 +16,10 @@ from typing import Any
 #: Direct exchange that receives every mail; the routing key is :data:`MAIL_ROUTING_KEY`.
 MAIL_EXCHANGE = "postroom.mail"
 MAIL_ROUTING_KEY = "mail.v1"
+#: Routing key that nothing binds: the API publishes empty, non-mandatory messages with it to
+#: :data:`MAIL_EXCHANGE` to learn when a broker that stopped confirming confirms again (the
+#: broker confirms and drops them).
+PROBE_ROUTING_KEY = "probe.none"
 #: Quorum queue the archive workers consume.
 MAIL_ARCHIVE_QUEUE = "postroom.mail.archive"
 

@@ -36,10 +36,12 @@ async def consume(url: str, sid: str, count: int | None = None, prefetch: int = 
     connection = await aio_pika.connect_robust(url)
     async with connection:
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
+        # A post delivered here but handed back unhandled counts as a delivery (quorum queues
+        # dead-letter after 5): when stopping after ``count``, take one at a time.
+        await channel.set_qos(prefetch_count=1 if count is not None else prefetch)
         # PUT /v1/subscriptions/{sid} created the queue: only look it up (passive declare).
         queue = await channel.get_queue(f"postroom.sub.{sid}", ensure=True)
-        handled = 0
+        handled, last = 0, None
         async with queue.iterator() as messages:
             async for message in messages:
                 try:
@@ -52,10 +54,13 @@ async def consume(url: str, sid: str, count: int | None = None, prefetch: int = 
                 except Exception:
                     await message.nack(requeue=True)  # a new delivery, maybe elsewhere
                     continue
-                await message.ack()
                 handled += 1
                 if count is not None and handled >= count:
-                    break
+                    last = message
+                    break  # leaving the iterator stops deliveries first, then the ack below
+                await message.ack()
+        if last is not None:
+            await last.ack()
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ def consume(url: str, sid: str, count: int | None = None, prefetch: int = 10) ->
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=prefetch)
+        # A post delivered here but handed back unhandled counts as a delivery (quorum queues
+        # dead-letter after 5): when stopping after ``count``, take one at a time.
+        channel.basic_qos(prefetch_count=1 if count is not None else prefetch)
         queue = f"postroom.sub.{sid}"
         # PUT /v1/subscriptions/{sid} created the queue: only look it up (passive declare).
         channel.queue_declare(queue, passive=True)
@@ -51,11 +53,14 @@ def consume(url: str, sid: str, count: int | None = None, prefetch: int = 10) ->
             except Exception:
                 channel.basic_nack(method.delivery_tag, requeue=True)  # a new delivery, maybe elsewhere
                 continue
-            channel.basic_ack(method.delivery_tag)
             handled += 1
             if count is not None and handled >= count:
+                channel.cancel()  # stop deliveries first, so nothing more is handed back
+                channel.basic_ack(method.delivery_tag)
                 break
-        channel.cancel()  # posts prefetched but not handled go back to the queue
+            channel.basic_ack(method.delivery_tag)
+        else:
+            channel.cancel()  # posts prefetched but not handled go back to the queue
     finally:
         if connection.is_open:
             connection.close()
