@@ -212,6 +212,20 @@ class SubscriptionOut(BaseModel):
     backlog: int
 
 
+class SubscriptionSummary(BaseModel):
+    """One of the caller's subscriber ids."""
+
+    id: str
+    groups: list[str]
+    created_at: str
+
+
+class SubscriptionList(BaseModel):
+    """The caller's subscriber ids."""
+
+    subscriptions: list[SubscriptionSummary]
+
+
 class PulledPost(PostOut):
     """A post leased to this caller until acked or the lease ends."""
 

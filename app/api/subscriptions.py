@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+
 from flask import Blueprint, request
 
 from app.api.openapi import documented
 from app.api.requests import authenticated, caller, json_body, services
-from app.api.schemas import AckIn, AckOut, DeadLetterPage, PullOut, SubscriptionIn, SubscriptionOut
+from app.api.schemas import AckIn, AckOut, DeadLetterPage, PullOut, SubscriptionIn, SubscriptionList, SubscriptionOut
 from app.services.errors import BadRequest
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 
 MAX_PULL = 100
 MAX_WAIT = 30.0
+#: Long polls that may wait at once in this process. A waiting pull holds a request thread,
+#: so without a cap enough of them would leave no thread for anyone else; beyond the cap a
+#: pull answers at once with what is there (maybe nothing) and the client polls again.
+LONG_POLL_SLOTS = threading.BoundedSemaphore(8)
 
 
 def _number(name: str, default: float, minimum: float, maximum: float, integer: bool) -> float:
@@ -26,6 +32,14 @@ def _number(name: str, default: float, minimum: float, maximum: float, integer: 
     if not number >= minimum:  # also rejects NaN
         raise BadRequest("invalid_parameter", f"'{name}' must be at least {minimum:g}")
     return min(number, maximum)
+
+
+@bp.get("")
+@authenticated
+@documented("Your subscriber ids", responses={200: SubscriptionList})
+def list_subscriptions():
+    """List the caller's subscriptions (without backlogs: GET one for that)."""
+    return {"subscriptions": services().subscriptions.list(caller().username)}
 
 
 @bp.put("/<sid>")
@@ -64,7 +78,12 @@ def pull(sid: str):
     """Lease posts to the caller."""
     maximum = int(_number("max", 10, 1, MAX_PULL, integer=True))
     wait = _number("wait", 0.0, 0.0, MAX_WAIT, integer=False)
-    return {"messages": services().subscriptions.pull(caller().username, sid, maximum, wait)}
+    if wait > 0 and LONG_POLL_SLOTS.acquire(blocking=False):
+        try:
+            return {"messages": services().subscriptions.pull(caller().username, sid, maximum, wait)}
+        finally:
+            LONG_POLL_SLOTS.release()
+    return {"messages": services().subscriptions.pull(caller().username, sid, maximum, 0.0)}
 
 
 @bp.post("/<sid>/ack")

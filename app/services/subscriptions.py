@@ -178,6 +178,14 @@ class SubscriptionService:
 
     # -- read / delete --------------------------------------------------------------------------
 
+    def list(self, caller: str) -> list[dict]:
+        """Return the caller's subscriptions with their groups."""
+        return [
+            {"id": sub.id, "groups": list(store.subscription_groups(sub.id)),
+             "created_at": wire.format_time(sub.created_at.replace(tzinfo=timezone.utc))}
+            for sub in store.subscriptions_owned_by(caller)
+        ]
+
     def describe(self, caller: str, sid: str) -> dict:
         """Return the subscription with its backlog (posts waiting + leased)."""
         subscription = self._own(caller, sid)

@@ -14,6 +14,11 @@ def find_subscription(sid: str) -> Subscription | None:
     return Subscription.get_or_none(Subscription.id == sid)
 
 
+def subscriptions_owned_by(owner: str) -> list[Subscription]:
+    """Return ``owner``'s subscriptions by id."""
+    return list(Subscription.select().where(Subscription.owner == owner).order_by(Subscription.id))
+
+
 def claim_subscription(sid: str, owner: str) -> tuple[Subscription, bool]:
     """Create ``sid`` for ``owner`` unless it exists; return it and whether it was created."""
     with Subscription._meta.database.atomic():

@@ -222,6 +222,12 @@ def _posts(count: int) -> Callable:
     return check
 
 
+def _owns_only(*sids: str) -> Callable:
+    def check(world: "World", response) -> None:
+        assert [s["id"] for s in response.get_json()["subscriptions"]] == list(sids), response.get_json()
+    return check
+
+
 def _backlog(count: int) -> Callable:
     def check(world: "World", response) -> None:
         assert response.get_json()["backlog"] == count, response.get_json()
@@ -457,6 +463,12 @@ MATRIX: dict[tuple[str, str], Row] = {
         case(ALICE, 204, name=PRIVATE), case(ALICE, 204, name=PUBLIC),
     )),
     # -- subscriptions: someone else's id is 404, except PUT: 403 subscription_taken ------------
+    ("GET", "/v1/subscriptions"): Row(True, (
+        *no_token(),
+        case(ALICE, 200, check=_owns_only(ALICE_SUB)),
+        case(BOB, 200, check=_owns_only(BOB_SUB)),
+        case(CAROL, 200, check=_owns_only()),
+    )),
     ("GET", "/v1/subscriptions/<sid>"): Row(True, (
         *no_token(sid=ALICE_SUB),
         case(BOB, 404, "subscription_not_found", sid=ALICE_SUB),

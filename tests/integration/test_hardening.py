@@ -78,3 +78,27 @@ def test_no_content_has_no_content_type_and_413_closes_the_connection(client, pe
                        content_type="application/json")
     assert huge.status_code == 413 and huge.headers["Connection"] == "close"
     assert huge.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_long_polls_never_take_every_request_thread(client, people, monkeypatch):
+    import threading as _threading
+
+    from app.api import subscriptions as view
+
+    bob = people["bob"]
+    assert client.put("/v1/groups/lounge", json={}, headers=bob).status_code == 201
+    assert client.put("/v1/subscriptions/patient", json={"groups": ["lounge"]}, headers=bob).status_code == 201
+    monkeypatch.setattr(view, "LONG_POLL_SLOTS", _threading.BoundedSemaphore(1))
+    holder = _threading.Thread(target=lambda: client.get("/v1/subscriptions/patient/messages?wait=3", headers=bob))
+    holder.start()
+    import time
+
+    time.sleep(0.5)
+    started = time.monotonic()
+    second = client.get("/v1/subscriptions/patient/messages?wait=3", headers=bob)
+    # No slot left: it answers at once instead of holding another thread for 3 s.
+    assert second.status_code == 200 and second.get_json()["messages"] == []
+    assert time.monotonic() - started < 1.5
+    holder.join(10)
+    assert [s["id"] for s in client.get("/v1/subscriptions", headers=bob).get_json()["subscriptions"]] == ["patient"]
