@@ -3,6 +3,11 @@
 import multiprocessing
 import os
 
+from config import gunicorn_errors
+
+# Requests gunicorn rejects itself get problem+json too, never an HTML page.
+gunicorn_errors.install()
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # gthread: each process runs several request threads that share one broker connection
 # (the publisher's), so many publishes are in flight per process at once.
