@@ -2,6 +2,8 @@
 #   make run               API + workers (+ a local RabbitMQ if none answers) under honcho
 #   make test              the whole test suite
 #   make test-reliability  only the fault-injection scenarios (-m reliability)
+#   make bench             benchmarks beside raw RabbitMQ, its HTTP API, bare Flask, raw Peewee
+#                          and the naive design (bench/README.md); make bench-quick: < 2 min smoke
 #   make venv | clean
 
 SHELL := /bin/bash
@@ -17,7 +19,10 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 TEST_POSTGRES_URL := postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: venv run test test-reliability clean
+BENCH_STAMP := $(VENV)/.postroom-bench-installed
+BENCH_ARGS ?=
+
+.PHONY: venv run test test-reliability bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -52,6 +57,19 @@ test: venv
 
 test-reliability: venv
 	$(call run_pytest,-m reliability $(PYTEST_ARGS))
+
+# The bench extra (matplotlib, py-spy) on top of the venv; wrk comes from apt (bench/services.py).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+# Starts its own broker (free ports, management plugin), API and workers; SQLite under
+# var/bench/ (BENCH_ARGS='--db postgres': the local PostgreSQL `test` db, in its own schema).
+bench: venv $(BENCH_STAMP)
+	$(PY) -m bench.run --mode full $(BENCH_ARGS)
+
+bench-quick: venv $(BENCH_STAMP)
+	$(PY) -m bench.run --mode quick $(BENCH_ARGS)
 
 clean:
 	rm -rf var $(VENV)

@@ -126,6 +126,11 @@ class Process:
             self.popen.kill()
             self.popen.wait(10)
 
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to this process only (by its pid), if it still runs; do not wait."""
+        if self.alive():
+            self.popen.send_signal(signum)
+
 
 class Worker(Process):
     """``python -m workers mail``."""
@@ -190,9 +195,14 @@ class Processes:
             worker.wait_for_log(Worker.READY, timeout=30, count=len(names))
         return worker
 
-    def gunicorn(self, env: Mapping[str, str], workers: int = 3, threads: int = 8, preload: bool = True) -> Gunicorn:
-        """Start the API under gunicorn (config/gunicorn.py) and wait until /healthz answers."""
-        port = free_port()
+    def gunicorn(self, env: Mapping[str, str], workers: int = 3, threads: int = 8, preload: bool = True,
+                 port: int | None = None, reuse_port: bool = False) -> Gunicorn:
+        """Start the API under gunicorn (config/gunicorn.py) and wait until /healthz answers.
+
+        ``port``: bind this port (default: a free one), e.g. the port of a gunicorn being
+        stopped; ``reuse_port`` (SO_REUSEPORT) lets the new one bind while the old one's
+        workers still hold the listening socket."""
+        port = port or free_port()
         argv = [
             PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.py",
             "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
@@ -200,6 +210,8 @@ class Processes:
         ]
         if preload:
             argv.append("--preload")
+        if reuse_port:
+            argv.append("--reuse-port")
         argv.append("app:create_app()")
         env = {**env, "PORT": str(port), "POSTROOM_PRELOAD": "1" if preload else "0"}
         server = self._spawn(Gunicorn, "gunicorn", argv, env)
@@ -247,6 +259,18 @@ def queue_depth(url: str, queue: str) -> int:
     connection = amqp(url)
     try:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def queue_consumers(url: str, queue: str) -> int:
+    """Return the number of consumers of ``queue`` (0 if it does not exist)."""
+    connection = amqp(url)
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
     except pika.exceptions.ChannelClosedByBroker:
         return 0
     finally:
@@ -325,6 +349,25 @@ def drain(url: str, queue: str, settle: float = 0.5) -> list[Delivered]:
     finally:
         connection.close()
     return taken
+
+
+def peek(url: str, queue: str) -> list[Delivered]:
+    """Return every message now in ``queue`` and leave them there (taken unacked, handed
+    back when the connection closes)."""
+    connection = amqp(url)
+    seen: list[Delivered] = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            seen.append(Delivered(body, properties))
+    except pika.exceptions.ChannelClosedByBroker:
+        pass  # no such queue: nothing in it
+    finally:
+        connection.close()
+    return seen
 
 
 def publish_raw(

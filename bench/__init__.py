@@ -1,0 +1,1 @@
+"""Postroom's benchmarks (``make bench``); see bench/README.md."""
