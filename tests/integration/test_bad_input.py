@@ -453,7 +453,7 @@ def test_log_in_refuses(env, changes):
         ({"password": None}, 422, "invalid_request"),
         ({"new_password": "seven77"}, 422, "invalid_request"),
         ({"new_password": ["a new one"]}, 422, "invalid_request"),
-        ({"password": "not the password"}, 401, "invalid_credentials"),  # and no token is revoked
+        ({"password": "not the password"}, 403, "wrong_password"),  # and no token is revoked
     ],
     ids=repr,
 )
