@@ -6,15 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Iterator
 
-import pika
 import psycopg2
 import pytest
 
 from app import create_app
 from app.store import schema
 from app.store.db import open_database
-from config import topology
 from config.settings import Settings
+from processes import purge_queues
 from support import WorkerThread, register
 from workers.posts import GroupPostConsumer
 
@@ -44,20 +43,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
             cursor.execute("SET lock_timeout = '10s'")
             cursor.execute(f"DROP SCHEMA {name} CASCADE")
         conn.close()
-
-
-def purge_queues(url: str) -> None:
-    """Empty Postroom's queues on the test broker so that no test sees another's leftovers."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        for spec in topology.QUEUES:
-            channel = connection.channel()
-            try:
-                channel.queue_purge(spec.name)
-            except pika.exceptions.ChannelClosedByBroker:
-                pass  # not declared yet
-    finally:
-        connection.close()
 
 
 @pytest.fixture
