@@ -226,6 +226,8 @@ class _LoopState:
             raise PublishFailed("the broker is unreachable")
         if self.stalled_since is not None:
             raise PublishFailed("the broker is not confirming publishes; nothing was sent")
+        if self.connected() and await self._blocked():
+            raise PublishFailed("the broker is blocking publishers (resource alarm); nothing was sent")
         try:
             await asyncio.wait_for(self._publish(message, deadline), timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
@@ -240,6 +242,23 @@ class _LoopState:
             logger.warning("publish of %s failed: %r", message.message_id, exc)
             raise PublishFailed("the connection to the broker failed") from None
         self.stalled_since = None  # confirmed: whatever stalled the broker is over
+
+    async def _blocked(self) -> bool:
+        """Return whether the broker has told this connection that it blocks publishers
+        (``connection.blocked``: a memory or disk alarm). aiormq's ``ready()`` returns at once
+        unless it is blocked; a publish written now would wait for the whole timeout, holding
+        its request thread, and be delivered once the alarm clears although the client got a 503."""
+        transport = self.connection.transport
+        if transport is None:
+            return False
+        ready = asyncio.ensure_future(transport.connection.ready())
+        await asyncio.sleep(0)  # one loop step: enough for ready() unless it waits for an unblock
+        if ready.done():
+            if not ready.cancelled():
+                ready.exception()  # a broken connection shows in the publish itself
+            return False
+        ready.cancel()
+        return True
 
     def _stalled(self, timeout: float) -> None:
         """A publish got no confirm in time: fail the next ones at once until the probe is confirmed."""
