@@ -143,11 +143,24 @@ def _string(document: dict, name: str, *, optional: bool = False) -> str | None:
     return value
 
 
-def decode_mail(body: bytes, limits: Limits = Limits()) -> Mail:
-    """Parse and validate a version-1 mail body; raise WireError saying why it is unusable."""
+@dataclass(frozen=True)
+class _Envelope:
+    """What mail and posts share on the wire, already checked."""
+
+    document: dict
+    id: str
+    sender: str
+    subject: str
+    body: str
+    in_reply_to: str | None
+    sent_at: datetime
+
+
+def _decode_envelope(body: bytes, kind: str) -> _Envelope:
+    """Check the version, kind, id, sender, reply id and time of a message body."""
     document = _load_object(body)
-    if not _is_version(document.get("v")) or document.get("kind") != "mail":
-        raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind=mail")
+    if not _is_version(document.get("v")) or document.get("kind") != kind:
+        raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind={kind}")
     try:
         message_id = rules.canonical_message_id(_string(document, "id"))
     except rules.RuleError as exc:
@@ -155,21 +168,27 @@ def decode_mail(body: bytes, limits: Limits = Limits()) -> Mail:
     sender = _string(document, "from")
     if not rules.is_username(sender):
         raise WireError("invalid_schema", "'from' must be a username")
-    to, cc, bcc = (_string_list(document, name, limits) for name in ("to", "cc", "bcc"))
-    to, cc, bcc = normalize_recipients(list(to), list(cc), list(bcc))
-    subject = _string(document, "subject", optional=True) or ""
-    body_text = _string(document, "body", optional=True) or ""
     in_reply_to = _string(document, "in_reply_to", optional=True)
-    sent_at_text = _string(document, "sent_at")
     try:
-        sent_at = parse_time(sent_at_text)
         if in_reply_to is not None:
             in_reply_to = rules.canonical_message_id(in_reply_to)
     except rules.RuleError as exc:
         raise WireError(exc.code, f"in_reply_to: {exc.detail}") from None
+    try:
+        sent_at = parse_time(_string(document, "sent_at"))
     except ValueError as exc:
         raise WireError("invalid_schema", f"'sent_at' is not an RFC 3339 time: {exc}") from None
-    mail = Mail(message_id, sender, to, cc, bcc, subject, body_text, in_reply_to, sent_at)
+    return _Envelope(document, message_id, sender, _string(document, "subject", optional=True) or "",
+                     _string(document, "body", optional=True) or "", in_reply_to, sent_at)
+
+
+def decode_mail(body: bytes, limits: Limits = Limits()) -> Mail:
+    """Parse and validate a version-1 mail body; raise WireError saying why it is unusable."""
+    envelope = _decode_envelope(body, "mail")
+    to, cc, bcc = (_string_list(envelope.document, name, limits) for name in ("to", "cc", "bcc"))
+    to, cc, bcc = normalize_recipients(list(to), list(cc), list(bcc))
+    mail = Mail(envelope.id, envelope.sender, to, cc, bcc, envelope.subject, envelope.body,
+                envelope.in_reply_to, envelope.sent_at)
     check_limits(mail, limits, error=WireError)
     return mail
 
@@ -245,33 +264,19 @@ def _load_object(body: bytes) -> dict:
 
 def decode_post(body: bytes, limits: Limits = Limits()) -> Post:
     """Parse and validate a version-1 post body; raise WireError saying why it is unusable."""
-    document = _load_object(body)
-    if not _is_version(document.get("v")) or document.get("kind") != "post":
-        raise WireError("unsupported_version", f"expected v={SCHEMA_VERSION} kind=post")
-    try:
-        post_id = rules.canonical_message_id(_string(document, "id"))
-        in_reply_to = _string(document, "in_reply_to", optional=True)
-        if in_reply_to is not None:
-            in_reply_to = rules.canonical_message_id(in_reply_to)
-    except rules.RuleError as exc:
-        raise WireError(exc.code, exc.detail) from None
-    group, sender = _string(document, "group"), _string(document, "from")
+    envelope = _decode_envelope(body, "post")
+    document = envelope.document
+    group = _string(document, "group")
     topic = _string(document, "topic", optional=True)
     if not rules.is_group_name(group):
         raise WireError("invalid_schema", "'group' must be a group name")
-    if not rules.is_username(sender):
-        raise WireError("invalid_schema", "'from' must be a username")
     if topic is not None and not rules.is_topic(topic):
         raise WireError("invalid_schema", "'topic' must be a topic name")
     seq = document.get("seq")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 1):
         raise WireError("invalid_schema", "'seq' must be a positive integer")
-    try:
-        sent_at = parse_time(_string(document, "sent_at"))
-    except ValueError as exc:
-        raise WireError("invalid_schema", f"'sent_at' is not an RFC 3339 time: {exc}") from None
-    post = Post(post_id, group, sender, _string(document, "body", optional=True) or "",
-                _string(document, "subject", optional=True) or "", topic, in_reply_to, sent_at, seq)
+    post = Post(envelope.id, group, envelope.sender, envelope.body, envelope.subject, topic,
+                envelope.in_reply_to, envelope.sent_at, seq)
     check_post_limits(post, limits, error=WireError)
     return post
 
